@@ -1,0 +1,54 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The outcome of a call that may legitimately find nothing to do.
+public enum IOResult<T> {
+    case processed(T)
+    case wouldBlock
+}
+
+/// Runs `body` (a libc call returning -1 + errno on failure), retrying EINTR.
+/// - Returns: `.wouldBlock` on EAGAIN, else the value.
+/// - Throws: `SharedError.system` for every other errno.
+@inline(__always)
+public func retryingSyscall<T: FixedWidthInteger>(_ name: String, _ body: () -> T) throws(SharedError) -> IOResult<T> {
+    while true {
+        let result = body()
+        if result != -1 { return .processed(result) }
+        let err = errno
+        switch err {
+        case EINTR: continue
+        case EAGAIN: return .wouldBlock
+        default: throw SharedError.system(name, Errno(err))
+        }
+    }
+}
+
+/// Like `retryingSyscall`, for calls where EAGAIN is also an error.
+@inline(__always)
+@discardableResult
+public func syscall<T: FixedWidthInteger>(_ name: String, _ body: () -> T) throws(SharedError) -> T {
+    while true {
+        let result = body()
+        if result != -1 { return result }
+        let err = errno
+        if err == EINTR { continue }
+        throw SharedError.system(name, Errno(err))
+    }
+}
+
+/// Waits until `fd` reports one of `events`, or `timeoutMilliseconds` pass (-1 = forever).
+/// - Returns: the returned events, or 0 on timeout.
+public func pollOne(_ fd: Int32, events: Int16, timeoutMilliseconds: Int32) throws(SharedError) -> Int16 {
+    var pfd = pollfd(fd: fd, events: events, revents: 0)
+    let n = try syscall("poll") { poll(&pfd, 1, timeoutMilliseconds) }
+    return n == 0 ? 0 : pfd.revents
+}
+
+/// Monotonic time in nanoseconds.
+public func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
