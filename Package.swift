@@ -8,6 +8,8 @@ let package = Package(
     products: [
         .library(name: "SocketClient", targets: ["SocketClient"]),
         .library(name: "SocketShared", targets: ["SocketShared"]),
+        .library(name: "SocketServer", targets: ["SocketServer"]),
+        .executable(name: "socket-server", targets: ["socket-server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -24,8 +26,43 @@ let package = Package(
         ),
         // Wire protocol, shared segment, rings, notifier, errors: both sides.
         .target(name: "SocketShared", dependencies: ["CShims"]),
+        // lwIP glue that Swift cannot express (macros, netif init, ip_addr_t) and libnuma placement.
+        .target(
+            name: "CStack",
+            dependencies: ["CLwIP"],
+            cSettings: cSettings,
+            linkerSettings: [.linkedLibrary("numa")]
+        ),
+        // The stack, sessions, sockets and channel pumps.
+        .target(
+            name: "SocketServer",
+            dependencies: [
+                "SocketShared", "CShims", "CStack", "CLwIP",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "socket-server",
+            dependencies: [
+                "SocketServer", "SocketShared",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The client library applications link.
         .target(name: "SocketClient", dependencies: ["SocketShared", "CShims"]),
+
+        // Examples: the echo pairs, built on SocketClient.
+        .executableTarget(
+            name: "udp-echo-server",
+            dependencies: ["SocketClient", "SocketShared", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "examples/udp-echo-server"
+        ),
+        .executableTarget(
+            name: "udp-echo-client",
+            dependencies: ["SocketClient", "SocketShared", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "examples/udp-echo-client"
+        ),
 
         // Cross-process test peer: the other process in the shared-memory tests.
         .executableTarget(

@@ -43,7 +43,7 @@ struct ControlMessageTests {
         case 13: return ControlMessage(requestID: id, Reply.error(i))
         case 14: return ControlMessage(requestID: id, Reply.ok(value: Int64(bitPattern: rng.next())))
         case 15: return ControlMessage(requestID: id, Reply.hello(HelloInfo(version: 1, serverPID: i, transport: DatagramTransport.allCases[rng.below(3)],
-                                                                           segmentSize: rng.next(), maxSockets: h)))
+                                                                           segmentSize: rng.next(), maxSockets: h, probeAddress: rng.next())))
         case 16: return ControlMessage(requestID: id, Reply.socket(randomChannel(&rng)))
         case 17: return ControlMessage(requestID: id, Reply.accepted(randomChannel(&rng), peer: randomAddress(&rng)))
         case 18: return ControlMessage(requestID: id, Reply.address(randomAddress(&rng)))

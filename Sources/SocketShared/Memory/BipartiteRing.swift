@@ -67,6 +67,13 @@ public final class BipartiteRingProducer {
         return items + geometry.slot(geometry.advance(head, by: UInt32(k)))
     }
 
+    /// The ring position (0..<count) of `itemToFill(k)`: lets the producer keep private per-item
+    /// state (which buffer an item names) instead of trusting the item's contents later.
+    public func slotToFill(_ k: Int) -> Int { geometry.slot(geometry.advance(head, by: UInt32(k))) }
+
+    /// The ring position (0..<count) of `itemToReclaim(k)`.
+    public func slotToReclaim(_ k: Int) -> Int { geometry.slot(geometry.advance(reclaimed, by: UInt32(k))) }
+
     /// Publishes the next `n` filled items with release ordering.
     public func publish(_ n: Int) {
         precondition(n >= 0 && n <= freeItems)

@@ -111,13 +111,18 @@ public struct HelloInfo: Equatable, Sendable {
     public var transport: DatagramTransport
     public var segmentSize: UInt64
     public var maxSockets: UInt32
+    /// Where the segment is mapped in the server: a client using process-vm reads the segment's
+    /// magic there to prove the kernel lets it, before relying on it.
+    public var probeAddress: UInt64
 
-    public init(version: UInt16, serverPID: Int32, transport: DatagramTransport, segmentSize: UInt64, maxSockets: UInt32) {
+    public init(version: UInt16, serverPID: Int32, transport: DatagramTransport, segmentSize: UInt64, maxSockets: UInt32,
+                probeAddress: UInt64 = 0) {
         self.version = version
         self.serverPID = serverPID
         self.transport = transport
         self.segmentSize = segmentSize
         self.maxSockets = maxSockets
+        self.probeAddress = probeAddress
     }
 }
 
@@ -263,7 +268,7 @@ extension ControlMessage {
             case .hello(let info):
                 type = .replyHello
                 body.u16(info.version); body.i32(info.serverPID); body.u8(info.transport.rawValue)
-                body.u64(info.segmentSize); body.u32(info.maxSockets)
+                body.u64(info.segmentSize); body.u32(info.maxSockets); body.u64(info.probeAddress)
             case .socket(let info):
                 type = .replySocket
                 Self.encode(info, into: &body)
@@ -370,7 +375,7 @@ extension ControlMessage {
             payload = .reply(.ok(value: try r.i64()))
         case .replyHello:
             payload = .reply(.hello(HelloInfo(version: try r.u16(), serverPID: try r.i32(), transport: try decodeTransport(&r),
-                                              segmentSize: try r.u64(), maxSockets: try r.u32())))
+                                              segmentSize: try r.u64(), maxSockets: try r.u32(), probeAddress: try r.u64())))
         case .replySocket:
             payload = .reply(.socket(try decodeChannel(&r)))
         case .replyAccepted:

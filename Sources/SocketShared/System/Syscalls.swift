@@ -52,3 +52,6 @@ public func monotonicNanoseconds() -> UInt64 {
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
+
+/// `POLLRDHUP` (Linux; hidden behind _GNU_SOURCE in Glibc's Swift module).
+public let POLLRDHUP_: Int16 = 0x2000

@@ -1,0 +1,92 @@
+// CStack: the C side of the server's lwIP glue — what Swift cannot reach in lwIP's headers (macros,
+// the netif init callback, ip_addr_t unions) plus libnuma placement. Server only.
+#ifndef CSTACK_H
+#define CSTACK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <lwip/opt.h>
+#include <lwip/err.h>
+#include <lwip/ip_addr.h>
+#include <lwip/netif.h>
+#include <lwip/pbuf.h>
+#include <lwip/tcp.h>
+#include <lwip/udp.h>
+#include <sys/epoll.h>
+#include <sys/types.h>
+
+// MARK: lifecycle and the core lock
+
+/// tcpip_init, waiting until the tcpip thread runs. Call once.
+void cstack_start(void);
+/// The core lock (LOCK_TCPIP_CORE): every raw-API call from our threads is made under it, and lwIP
+/// callbacks run on whichever thread holds it.
+void cstack_lock(void);
+void cstack_unlock(void);
+
+// MARK: addresses (family: 4 or 6; bytes in network order)
+
+void cstack_ip_set(ip_addr_t *out, int family, const uint8_t *bytes, uint32_t zone);
+/// Returns 4 or 6 and fills bytes[0..4) or bytes[0..16); 0 for an unknown type.
+int cstack_ip_get(const ip_addr_t *ip, uint8_t *bytes);
+void cstack_ip_set_any(ip_addr_t *out, int family);
+
+// MARK: loopback netifs
+
+/// Adds a loopback interface: packets it sends come back in through netif_loop_output. The first
+/// one added becomes the default. ip4 may be NULL (IPv6 only).
+/// Returns NULL on failure.
+struct netif *cstack_loopback_add(const uint8_t *ip4, const uint8_t *mask4, uint16_t mtu);
+/// Adds an IPv6 address in the preferred state; returns the index or -1 when the netif is full.
+int cstack_netif_add_ip6(struct netif *netif, const uint8_t *ip6);
+/// True when `ip` is an address of one of the stack's interfaces (what bind may use).
+int cstack_is_local_address(const ip_addr_t *ip);
+/// netif_poll on every loopback netif: delivers looped packets now, on the calling thread.
+void cstack_loopback_poll_all(void);
+
+// MARK: pbuf and pcb fields behind macros
+
+static inline uint16_t cstack_pbuf_len(const struct pbuf *p) { return p->len; }
+static inline uint16_t cstack_pbuf_tot_len(const struct pbuf *p) { return p->tot_len; }
+static inline void *cstack_pbuf_payload(const struct pbuf *p) { return p->payload; }
+static inline struct pbuf *cstack_pbuf_next(const struct pbuf *p) { return p->next; }
+
+static inline uint16_t cstack_udp_local_port(const struct udp_pcb *pcb) { return pcb->local_port; }
+static inline uint16_t cstack_udp_remote_port(const struct udp_pcb *pcb) { return pcb->remote_port; }
+static inline const ip_addr_t *cstack_udp_local_ip(const struct udp_pcb *pcb) { return &pcb->local_ip; }
+static inline const ip_addr_t *cstack_udp_remote_ip(const struct udp_pcb *pcb) { return &pcb->remote_ip; }
+static inline int cstack_udp_is_connected(const struct udp_pcb *pcb) { return (pcb->flags & UDP_FLAGS_CONNECTED) != 0; }
+static inline void cstack_pcb_set_option(struct udp_pcb *pcb, uint8_t opt, int on) {
+    if (on) ip_set_option(pcb, opt); else ip_reset_option(pcb, opt);
+}
+static inline int cstack_pcb_get_option(const struct udp_pcb *pcb, uint8_t opt) { return ip_get_option(pcb, opt) != 0; }
+static inline uint8_t cstack_udp_ttl(const struct udp_pcb *pcb) { return pcb->ttl; }
+static inline void cstack_udp_set_ttl(struct udp_pcb *pcb, uint8_t ttl) { pcb->ttl = ttl; }
+static inline uint8_t cstack_udp_tos(const struct udp_pcb *pcb) { return pcb->tos; }
+static inline void cstack_udp_set_tos(struct udp_pcb *pcb, uint8_t tos) { pcb->tos = tos; }
+
+/// A send buffer of `size` bytes with room for the UDP/IP/link headers in front (PBUF_TRANSPORT,
+/// PBUF_RAM): a single pbuf for any size up to 65535.
+struct pbuf *cstack_pbuf_alloc_transport(uint16_t size);
+/// Shrinks a single pbuf to `len` bytes (len <= its size).
+void cstack_pbuf_set_length(struct pbuf *p, uint16_t len);
+
+// MARK: syscalls behind _GNU_SOURCE
+
+/// accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK).
+int cstack_accept(int fd);
+/// A non-blocking signalfd for SIGINT, SIGTERM and SIGHUP (block them first).
+int cstack_termination_signalfd(void);
+/// Reads one signal from the signalfd: its number, 0 when none is pending, -1 on error.
+int cstack_read_signal(int fd);
+
+// MARK: libnuma
+
+/// NUMA node of the calling thread's CPU, or -1 when libnuma reports no NUMA support.
+int cstack_numa_node_of_current_cpu(void);
+/// Binds [addr, addr+len) to `node` (numa_tonode_memory); 0 on success, -1 when NUMA is unavailable.
+int cstack_numa_bind(void *addr, size_t len, int node);
+/// Pins the calling thread to `cpu`; 0 on success, an errno value otherwise.
+int cstack_pin_to_cpu(int cpu);
+
+#endif

@@ -1,0 +1,202 @@
+import CShims
+import SocketShared
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Client side of a UDP socket: two bipartite rings the server produces.
+///
+/// - Receive ring: the server publishes datagrams (one or more items each); we copy the payload out
+///   and hand the items back; the server reclaims them when it needs room.
+/// - Send ring: the server publishes empty payload buffers; we fill as many as a datagram needs,
+///   write its length and destination into them and hand them back; the server sends them and
+///   publishes fresh buffers.
+///
+/// Payloads move with `memcpy` (shared-memory transport: buffers are slots in our segment) or with
+/// `process_vm_readv/writev` straight between the application's buffers and lwIP's pbufs in the
+/// server (process-vm transport).
+final class DatagramSocket: ClientSocket, @unchecked Sendable {
+    // @unchecked Sendable: `receiveRing` is used under receiveLock, `sendRing` under sendLock.
+    private let receiveRing: BipartiteRingConsumer
+    private let sendRing: BipartiteRingConsumer
+    private let memory: ProcessMemory
+    /// The peer set by connect, used when send has no address.
+    private let peer = Mutex<SocketAddress?>(nil)
+
+    static let maximumPayload = 65_507
+
+    override init(connection: ServerConnection, info: ChannelInfo, domain: Int32, type: Int32, fd: Int32, stackFD: Int32) throws(Errno) {
+        guard info.kind == .datagram, info.receiveSize > 0, info.sendSize > 0, info.slotSize > 0 else { throw Errno(EPROTO) }
+        memory = ProcessMemory(pid: connection.info.serverPID)
+        let placeholder = try ChannelView(connection: connection, info: info)
+        receiveRing = placeholder.datagramConsumer(receive: true, count: Int(info.receiveSize))
+        sendRing = placeholder.datagramConsumer(receive: false, count: Int(info.sendSize))
+        try super.init(connection: connection, info: info, domain: domain, type: type, fd: fd, stackFD: stackFD)
+    }
+
+    override func didConnect(_ address: SocketAddress) {
+        peer.withLock { $0 = address.family == .unspecified ? nil : address }
+    }
+
+    var connectedPeer: SocketAddress? { peer.withLock { $0 } }
+
+    // MARK: receive
+
+    /// The datagram at the head of the receive ring: its item count and total length.
+    private func head() throws(Errno) -> (items: Int, total: Int)? {
+        let ready: Int
+        do { ready = try receiveRing.ready() } catch { throw Errno(EPROTO) }
+        guard ready > 0 else { return nil }
+        let first = receiveRing.item(0).pointee
+        let items = Int(first.count)
+        guard first.flags & UInt16(CSHIMS_ITEM_FIRST) != 0, items >= 1, items <= ready,
+              Int(first.total) <= Self.maximumPayload
+        else { throw Errno(EPROTO) }
+        return (items, Int(first.total))
+    }
+
+    override func bytesReadable() throws(Errno) -> Int {
+        try receiveLock.withLock { () throws(Errno) -> Int in try head()?.total ?? 0 }
+    }
+
+    override func receive(_ buffers: [UnsafeMutableRawBufferPointer], flags: Int32) throws(Errno) -> (count: Int, full: Int, from: SocketAddress?, truncated: Bool) {
+        let peek = flags & Int32(MSG_PEEK) != 0
+        let dontWait = flags & Int32(MSG_DONTWAIT) != 0 || nonBlocking.load(ordering: .relaxed)
+        let deadline = self.deadline(receiveTimeout.load(ordering: .relaxed))
+        return try receiveLock.withLock { () throws(Errno) -> (Int, Int, SocketAddress?, Bool) in
+            while true {
+                if let (items, total) = try head() {
+                    let count = try copyOut(items: items, total: total, into: buffers)
+                    let from = SocketAddress(receiveRing.item(0).pointee.address)
+                    if !peek { receiveRing.handBack(items) }
+                    return (count, total, from, count < total)
+                }
+                try checkServer()
+                if try acknowledgeAndRecheck({ () throws(Errno) -> Bool in try head() != nil }) { continue }
+                if dontWait { throw Errno(EAGAIN) }
+                try waitFor(Int16(POLLIN), until: deadline)
+            }
+        }
+    }
+
+    /// Copies up to the buffers' size of the datagram in the first `items` ready items.
+    private func copyOut(items: Int, total: Int, into buffers: [UnsafeMutableRawBufferPointer]) throws(Errno) -> Int {
+        let room = buffers.reduce(0) { $0 + $1.count }
+        let wanted = min(room, total)
+        guard wanted > 0 else { return 0 }
+        var remote: [ProcessMemory.Range] = []
+        var left = wanted
+        for k in 0..<items where left > 0 {
+            let item = receiveRing.item(k).pointee
+            let n = min(Int(item.length), left)
+            guard Int(item.length) <= Int(item.capacity) else { throw Errno(EPROTO) }
+            remote.append(.init(address: item.payload, length: n))
+            left -= n
+        }
+        if info.transport == .processVM {
+            do { return try memory.read(remote, into: buffers) } catch { throw Errno(error.errno?.rawValue ?? EFAULT) }
+        }
+        // Shared memory: the payload offsets are in our segment; gather into the scattered buffers.
+        var copied = 0
+        var b = 0, bOffset = 0
+        for range in remote {
+            guard let src = try? connection.segment.pointer(at: Int(range.address), length: range.length) else { throw Errno(EPROTO) }
+            var done = 0
+            while done < range.length && b < buffers.count {
+                let n = min(range.length - done, buffers[b].count - bOffset)
+                if n > 0 { (buffers[b].baseAddress! + bOffset).copyMemory(from: src + done, byteCount: n) }
+                done += n
+                bOffset += n
+                if bOffset == buffers[b].count { b += 1; bOffset = 0 }
+            }
+            copied += done
+        }
+        return copied
+    }
+
+    // MARK: send
+
+    override func send(_ buffers: [UnsafeRawBufferPointer], to address: SocketAddress?, flags: Int32) throws(Errno) -> Int {
+        let length = buffers.reduce(0) { $0 + $1.count }
+        guard length <= Self.maximumPayload else { throw Errno(EMSGSIZE) }
+        let destination: SocketAddress
+        if let address, address.family != .unspecified {
+            guard address.isValid else { throw Errno(EINVAL) }
+            guard address.family == (domain == AF_INET6 ? .inet6 : .inet) else { throw Errno(EAFNOSUPPORT) }
+            guard address.port != 0 else { throw Errno(EINVAL) }
+            destination = address
+        } else {
+            guard connectedPeer != nil else { throw Errno(EDESTADDRREQ) }
+            destination = .unspecified // the server sends to the connected peer
+        }
+        let slot = Int(info.slotSize)
+        let needed = max(1, (length + slot - 1) / slot)
+        guard needed <= Int(info.sendSize) else { throw Errno(EMSGSIZE) }
+        let dontWait = flags & Int32(MSG_DONTWAIT) != 0 || nonBlocking.load(ordering: .relaxed)
+        let deadline = self.deadline(sendTimeout.load(ordering: .relaxed))
+        return try sendLock.withLock { () throws(Errno) -> Int in
+            func hasRoom() throws(Errno) -> Bool {
+                do { return try sendRing.ready() >= needed } catch { throw Errno(EPROTO) }
+            }
+            while true {
+                try checkServer()
+                if try hasRoom() {
+                    try fill(items: needed, length: length, destination: destination, from: buffers)
+                    sendRing.handBack(needed)
+                    toStack.notify()
+                    return length
+                }
+                if try blockUntilRoom(hasRoom) { continue }
+                if dontWait { throw Errno(EAGAIN) }
+                try waitFor(Int16(POLLOUT), until: deadline)
+            }
+        }
+    }
+
+    private func fill(items: Int, length: Int, destination: SocketAddress, from buffers: [UnsafeRawBufferPointer]) throws(Errno) {
+        var remote: [ProcessMemory.Range] = []
+        var left = length
+        for k in 0..<items {
+            let item = sendRing.item(k)
+            let n = min(left, Int(item.pointee.capacity))
+            guard item.pointee.capacity > 0 else { throw Errno(EPROTO) }
+            remote.append(.init(address: item.pointee.payload, length: n))
+            item.pointee.length = UInt32(n)
+            item.pointee.total = UInt32(length)
+            item.pointee.count = UInt16(items)
+            item.pointee.flags = UInt16(k == 0 ? CSHIMS_ITEM_FIRST : 0) | UInt16(k < items - 1 ? CSHIMS_ITEM_MORE : 0)
+            item.pointee.address = destination.raw
+            left -= n
+        }
+        guard left == 0 else { throw Errno(EMSGSIZE) }
+        guard length > 0 else { return }
+        let sources = buffers.filter { $0.count > 0 }
+        if info.transport == .processVM {
+            do { _ = try memory.write(sources, to: remote) } catch { throw Errno(error.errno?.rawValue ?? EFAULT) }
+            return
+        }
+        var s = 0, sOffset = 0
+        for range in remote {
+            guard let dst = try? connection.segment.pointer(at: Int(range.address), length: range.length) else { throw Errno(EPROTO) }
+            var done = 0
+            while done < range.length {
+                let n = min(range.length - done, sources[s].count - sOffset)
+                (dst + done).copyMemory(from: sources[s].baseAddress! + sOffset, byteCount: n)
+                done += n
+                sOffset += n
+                if sOffset == sources[s].count { s += 1; sOffset = 0 }
+            }
+        }
+    }
+}
+
+extension ChannelView {
+    init(connection: ServerConnection, info: ChannelInfo) throws(Errno) {
+        do {
+            try self.init(segment: connection.segment, offset: Int(info.offset), layout: ChannelLayout(info))
+        } catch {
+            throw Errno(EPROTO)
+        }
+    }
+}

@@ -1,0 +1,364 @@
+import CShims
+import SocketShared
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The BSD-style layer: functions shaped like libc's socket calls (Int32 descriptors, -1 + errno,
+// the same flag and option constants), exported to C under the same names (see
+// include/socket_offload.h). The descriptors they return are the sockets' eventfds, so the
+// application polls them with the ordinary poll/select/epoll.
+
+/// Process-wide state: the server connection (made on first use) and the descriptor table.
+final class ClientState: Sendable {
+    static let shared = ClientState()
+
+    private let connectionState = Mutex<(path: String?, transport: DatagramTransport, connection: ServerConnection?)>((nil, .auto, nil))
+    private let sockets = Mutex<[Int32: ClientSocket]>([:])
+
+    func configure(path: String?, transport: DatagramTransport) -> Int32 {
+        connectionState.withLock { state in
+            if state.connection != nil { return EISCONN }
+            state.path = path
+            state.transport = transport
+            return 0
+        }
+    }
+
+    /// The connection, made on first use; a dead one is replaced by a fresh attempt.
+    func connection() throws(Errno) -> ServerConnection {
+        try connectionState.withLock { state throws(Errno) -> ServerConnection in
+            if let c = state.connection, !c.isDead { return c }
+            let c = try ServerConnection.connect(path: state.path, transport: state.transport)
+            state.connection = c
+            return c
+        }
+    }
+
+    func socket(_ fd: Int32) throws(Errno) -> ClientSocket {
+        guard let s = sockets.withLock({ $0[fd] }) else { throw Errno(EBADF) }
+        return s
+    }
+
+    func register(_ s: ClientSocket) { sockets.withLock { $0[s.fd] = s } }
+
+    func unregister(_ fd: Int32) -> ClientSocket? { sockets.withLock { $0.removeValue(forKey: fd) } }
+}
+
+/// Runs `body`, turning a thrown `Errno` into -1 + errno.
+@inline(__always)
+func bsd<R: FixedWidthInteger>(_ body: () throws(Errno) -> R) -> R {
+    do {
+        return try body()
+    } catch {
+        errno = error.rawValue
+        return -1
+    }
+}
+
+private func address(_ addr: UnsafePointer<sockaddr>?, _ len: socklen_t) throws(Errno) -> SocketAddress {
+    guard let addr else { throw Errno(EFAULT) }
+    guard let a = SocketAddress(sockaddr: UnsafeRawPointer(addr), length: Int(len)) else {
+        throw Errno(len < MemoryLayout<sa_family_t>.size ? EINVAL : EAFNOSUPPORT)
+    }
+    return a
+}
+
+/// Stores `a` into a caller's sockaddr buffer of *len bytes (truncating), and sets *len to its size.
+private func store(_ a: SocketAddress?, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: UnsafeMutablePointer<socklen_t>?) {
+    guard let addr, let len, let a else { return }
+    a.withSockAddr { raw, size in
+        UnsafeMutableRawPointer(addr).copyMemory(from: raw, byteCount: min(size, Int(len.pointee)))
+        len.pointee = socklen_t(size)
+    }
+}
+
+/// Chooses the server and datagram transport for this process's connection. Call before the first
+/// socket; `path` nil means the default (`$SOCKET_SERVER_PATH`, ...). `transport`: 0 auto,
+/// 1 process-vm, 2 shared-memory. Returns -1 with EISCONN once connected.
+@_cdecl("sko_configure")
+public func sko_configure(_ path: UnsafePointer<CChar>?, _ transport: Int32) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        guard let t = DatagramTransport(rawValue: UInt8(clamping: transport)), transport >= 0 else { throw Errno(EINVAL) }
+        let err = ClientState.shared.configure(path: path.map { String(cString: $0) }, transport: t)
+        if err != 0 { throw Errno(err) }
+        return 0
+    }
+}
+
+/// Creates a socket in the stack. The corresponding C function is `socket`.
+/// `type` may carry SOCK_NONBLOCK and SOCK_CLOEXEC (the descriptor is always close-on-exec).
+@_cdecl("sko_socket")
+public func sko_socket(_ domain: Int32, _ type: Int32, _ proto: Int32) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let nonBlocking = type & Int32(SOCK_NONBLOCK.rawValue) != 0
+        let baseType = type & ~(Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+        guard domain == AF_INET || domain == AF_INET6 else { throw Errno(EAFNOSUPPORT) }
+        switch baseType {
+        case Int32(SOCK_DGRAM.rawValue): guard proto == 0 || proto == Int32(IPPROTO_UDP) else { throw Errno(EPROTONOSUPPORT) }
+        case Int32(SOCK_STREAM.rawValue): guard proto == 0 || proto == Int32(IPPROTO_TCP) else { throw Errno(EPROTONOSUPPORT) }
+        default: throw Errno(ESOCKTNOSUPPORT)
+        }
+        let connection = try ClientState.shared.connection()
+        let (reply, fds) = try connection.request(.socket(domain: domain, type: baseType, protocol: proto))
+        let s = try makeSocket(connection, reply, fds, domain: domain, type: baseType)
+        s.nonBlocking.store(nonBlocking, ordering: .relaxed)
+        ClientState.shared.register(s)
+        return s.fd
+    }
+}
+
+/// Builds the client socket for a `.socket` or `.accepted` reply, taking ownership of its descriptors.
+func makeSocket(_ connection: ServerConnection, _ reply: Reply, _ fds: [Int32], domain: Int32, type: Int32) throws(Errno) -> ClientSocket {
+    let info: ChannelInfo
+    switch reply {
+    case .socket(let i), .accepted(let i, _): info = i
+    case .error(let err):
+        fds.forEach { close($0) }
+        throw Errno(err)
+    default:
+        fds.forEach { close($0) }
+        throw Errno(EPROTO)
+    }
+    guard fds.count == 2 else {
+        fds.forEach { close($0) }
+        throw Errno(EPROTO)
+    }
+    do {
+        switch info.kind {
+        case .datagram:
+            return try DatagramSocket(connection: connection, info: info, domain: domain, type: type, fd: fds[0], stackFD: fds[1])
+        case .stream, .listener:
+            return try makeStreamSocket(connection, info, domain: domain, type: type, fd: fds[0], stackFD: fds[1])
+        }
+    } catch {
+        fds.forEach { close($0) }
+        // The server holds a socket for this handle: release it.
+        _ = try? connection.request(.close(handle: info.handle))
+        throw error
+    }
+}
+
+/// The corresponding C function is `bind`.
+@_cdecl("sko_bind")
+public func sko_bind(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: socklen_t) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let s = try ClientState.shared.socket(fd)
+        let a = try address(addr, len)
+        guard a.family == (s.domain == AF_INET6 ? .inet6 : .inet) else { throw Errno(EAFNOSUPPORT) }
+        _ = try s.request(.bind(handle: s.info.handle, address: a))
+        return 0
+    }
+}
+
+/// The corresponding C function is `connect`. For a datagram socket, an `AF_UNSPEC` address
+/// dissolves the association.
+@_cdecl("sko_connect")
+public func sko_connect(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: socklen_t) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let s = try ClientState.shared.socket(fd)
+        let a = try address(addr, len)
+        if a.family != .unspecified {
+            guard a.family == (s.domain == AF_INET6 ? .inet6 : .inet) else { throw Errno(EAFNOSUPPORT) }
+        }
+        try s.connect(to: a)
+        return 0
+    }
+}
+
+/// The corresponding C function is `sendto`.
+@_cdecl("sko_sendto")
+public func sko_sendto(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int, _ flags: Int32,
+                       _ addr: UnsafePointer<sockaddr>?, _ alen: socklen_t) -> Int {
+    bsd { () throws(Errno) -> Int in
+        let s = try ClientState.shared.socket(fd)
+        guard buf != nil || len == 0 else { throw Errno(EFAULT) }
+        let to: SocketAddress? = addr == nil ? nil : try address(addr, alen)
+        return try s.send([UnsafeRawBufferPointer(start: buf, count: len)], to: to, flags: flags)
+    }
+}
+
+/// The corresponding C function is `send`.
+@_cdecl("sko_send")
+public func sko_send(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int, _ flags: Int32) -> Int {
+    sko_sendto(fd, buf, len, flags, nil, 0)
+}
+
+/// The corresponding C function is `sendmsg` (no ancillary data).
+@_cdecl("sko_sendmsg")
+public func sko_sendmsg(_ fd: Int32, _ msg: UnsafePointer<msghdr>?, _ flags: Int32) -> Int {
+    bsd { () throws(Errno) -> Int in
+        let s = try ClientState.shared.socket(fd)
+        guard let msg = msg?.pointee else { throw Errno(EFAULT) }
+        let to: SocketAddress? = msg.msg_name == nil ? nil : try address(msg.msg_name.assumingMemoryBound(to: sockaddr.self), msg.msg_namelen)
+        let iov = UnsafeBufferPointer(start: msg.msg_iov, count: Int(msg.msg_iovlen))
+        return try s.send(iov.map { UnsafeRawBufferPointer(start: $0.iov_base, count: $0.iov_len) }, to: to, flags: flags)
+    }
+}
+
+/// The corresponding C function is `recvfrom`. `MSG_PEEK`, `MSG_DONTWAIT`, `MSG_TRUNC` (return
+/// the datagram's full length) and, for streams, `MSG_WAITALL` are honoured.
+@_cdecl("sko_recvfrom")
+public func sko_recvfrom(_ fd: Int32, _ buf: UnsafeMutableRawPointer?, _ len: Int, _ flags: Int32,
+                         _ addr: UnsafeMutablePointer<sockaddr>?, _ alen: UnsafeMutablePointer<socklen_t>?) -> Int {
+    bsd { () throws(Errno) -> Int in
+        let s = try ClientState.shared.socket(fd)
+        guard buf != nil || len == 0 else { throw Errno(EFAULT) }
+        let r = try s.receive([UnsafeMutableRawBufferPointer(start: buf, count: len)], flags: flags)
+        store(r.from, addr, alen)
+        return flags & Int32(MSG_TRUNC) != 0 ? r.full : r.count
+    }
+}
+
+/// The corresponding C function is `recv`.
+@_cdecl("sko_recv")
+public func sko_recv(_ fd: Int32, _ buf: UnsafeMutableRawPointer?, _ len: Int, _ flags: Int32) -> Int {
+    sko_recvfrom(fd, buf, len, flags, nil, nil)
+}
+
+/// The corresponding C function is `recvmsg`: sets `MSG_TRUNC` in `msg_flags` when the datagram
+/// did not fit; no ancillary data (`msg_controllen` is set to 0).
+@_cdecl("sko_recvmsg")
+public func sko_recvmsg(_ fd: Int32, _ msg: UnsafeMutablePointer<msghdr>?, _ flags: Int32) -> Int {
+    bsd { () throws(Errno) -> Int in
+        let s = try ClientState.shared.socket(fd)
+        guard let msg else { throw Errno(EFAULT) }
+        let iov = UnsafeBufferPointer(start: msg.pointee.msg_iov, count: Int(msg.pointee.msg_iovlen))
+        let r = try s.receive(iov.map { UnsafeMutableRawBufferPointer(start: $0.iov_base, count: $0.iov_len) }, flags: flags)
+        if msg.pointee.msg_name != nil {
+            var len = msg.pointee.msg_namelen
+            store(r.from, msg.pointee.msg_name.assumingMemoryBound(to: sockaddr.self), &len)
+            msg.pointee.msg_namelen = r.from == nil ? 0 : len
+        }
+        msg.pointee.msg_controllen = 0
+        msg.pointee.msg_flags = r.truncated ? Int32(MSG_TRUNC) : 0
+        return flags & Int32(MSG_TRUNC) != 0 ? r.full : r.count
+    }
+}
+
+/// The corresponding C function is `getsockname`.
+@_cdecl("sko_getsockname")
+public func sko_getsockname(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: UnsafeMutablePointer<socklen_t>?) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let s = try ClientState.shared.socket(fd)
+        guard addr != nil, len != nil else { throw Errno(EFAULT) }
+        guard case .address(let a) = try s.request(.getsockname(handle: s.info.handle)) else { throw Errno(EPROTO) }
+        store(a, addr, len)
+        return 0
+    }
+}
+
+/// The corresponding C function is `getpeername` (ENOTCONN when not connected).
+@_cdecl("sko_getpeername")
+public func sko_getpeername(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: UnsafeMutablePointer<socklen_t>?) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let s = try ClientState.shared.socket(fd)
+        guard addr != nil, len != nil else { throw Errno(EFAULT) }
+        guard case .address(let a) = try s.request(.getpeername(handle: s.info.handle)) else { throw Errno(EPROTO) }
+        store(a, addr, len)
+        return 0
+    }
+}
+
+/// The corresponding C function is `setsockopt`. SO_RCVTIMEO and SO_SNDTIMEO are kept by the
+/// client; every other option goes to the server (see the README for the list).
+@_cdecl("sko_setsockopt")
+public func sko_setsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: UnsafeRawPointer?, _ len: socklen_t) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let s = try ClientState.shared.socket(fd)
+        guard let value else { throw Errno(EFAULT) }
+        if level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) {
+            guard Int(len) >= MemoryLayout<timeval>.size else { throw Errno(EINVAL) }
+            let tv = value.loadUnaligned(as: timeval.self)
+            guard tv.tv_sec >= 0, tv.tv_usec >= 0, tv.tv_usec < 1_000_000 else { throw Errno(EDOM) }
+            let ms = tv.tv_sec == 0 && tv.tv_usec == 0 ? -1 : Int32(clamping: tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000)
+            if name == SO_RCVTIMEO { s.receiveTimeout.store(ms, ordering: .relaxed) } else { s.sendTimeout.store(ms, ordering: .relaxed) }
+            return 0
+        }
+        guard Int(len) <= ControlMessage.maximumOptionLength else { throw Errno(EINVAL) }
+        let bytes = Array(UnsafeRawBufferPointer(start: value, count: Int(len)))
+        _ = try s.request(.setsockopt(handle: s.info.handle, level: level, name: name, value: bytes))
+        return 0
+    }
+}
+
+/// The corresponding C function is `getsockopt`.
+@_cdecl("sko_getsockopt")
+public func sko_getsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer?, _ len: UnsafeMutablePointer<socklen_t>?) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let s = try ClientState.shared.socket(fd)
+        guard let value, let len else { throw Errno(EFAULT) }
+        var result: [UInt8]
+        if level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) {
+            let ms = Int(name == SO_RCVTIMEO ? s.receiveTimeout.load(ordering: .relaxed) : s.sendTimeout.load(ordering: .relaxed))
+            var tv = timeval(tv_sec: ms < 0 ? 0 : ms / 1000, tv_usec: ms < 0 ? 0 : (ms % 1000) * 1000)
+            result = withUnsafeBytes(of: &tv) { Array($0) }
+        } else {
+            let max = UInt32(min(Int(len.pointee), ControlMessage.maximumOptionLength))
+            guard case .option(let bytes) = try s.request(.getsockopt(handle: s.info.handle, level: level, name: name, maxLength: max)) else {
+                throw Errno(EPROTO)
+            }
+            result = bytes
+        }
+        let n = min(result.count, Int(len.pointee))
+        result.withUnsafeBytes { value.copyMemory(from: $0.baseAddress!, byteCount: n) }
+        len.pointee = socklen_t(n)
+        return 0
+    }
+}
+
+/// The corresponding C function is `ioctl`, for FIONREAD (bytes readable: for a datagram socket
+/// the size of the next datagram) and FIONBIO.
+@_cdecl("sko_ioctl")
+public func sko_ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutablePointer<Int32>?) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let s = try ClientState.shared.socket(fd)
+        guard let arg else { throw Errno(EFAULT) }
+        switch request {
+        case UInt(FIONREAD): arg.pointee = Int32(clamping: try s.bytesReadable())
+        case UInt(FIONBIO): s.nonBlocking.store(arg.pointee != 0, ordering: .relaxed)
+        default: throw Errno(ENOTTY)
+        }
+        return 0
+    }
+}
+
+/// The corresponding C function is `fcntl`, for F_GETFL / F_SETFL (O_NONBLOCK) and F_GETFD.
+@_cdecl("sko_fcntl")
+public func sko_fcntl(_ fd: Int32, _ cmd: Int32, _ arg: Int32) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let s = try ClientState.shared.socket(fd)
+        switch cmd {
+        case F_GETFL: return O_RDWR | (s.nonBlocking.load(ordering: .relaxed) ? O_NONBLOCK : 0)
+        case F_SETFL:
+            s.nonBlocking.store(arg & O_NONBLOCK != 0, ordering: .relaxed)
+            return 0
+        case F_GETFD: return FD_CLOEXEC
+        default: throw Errno(EINVAL)
+        }
+    }
+}
+
+/// The corresponding C function is `shutdown`.
+@_cdecl("sko_shutdown")
+public func sko_shutdown(_ fd: Int32, _ how: Int32) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        let s = try ClientState.shared.socket(fd)
+        guard how == SHUT_RD || how == SHUT_WR || how == SHUT_RDWR else { throw Errno(EINVAL) }
+        try s.shutdown(how)
+        return 0
+    }
+}
+
+/// Closes a socket: the server releases it and both of its descriptors are closed. The
+/// corresponding C function is `close`.
+@_cdecl("sko_close")
+public func sko_close(_ fd: Int32) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        guard let s = ClientState.shared.unregister(fd) else { throw Errno(EBADF) }
+        defer { s.closeDescriptors() }
+        try s.close()
+        return 0
+    }
+}

@@ -1,0 +1,61 @@
+import SocketShared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything the server can be told at start-up. The `socket-server` command line maps onto it
+/// one option per field; the defaults here are the documented defaults.
+public struct ServerConfiguration: Sendable {
+    /// The SEQPACKET socket clients connect to.
+    public var socketPath: String = ServerConfiguration.defaultSocketPath
+    /// Addresses of the stack's loopback network.
+    public var addresses: [InterfaceAddress] = [InterfaceAddress(cidr: "127.0.0.1/8")!, InterfaceAddress(cidr: "::1/128")!]
+    /// MTU of the loopback interfaces.
+    public var loopbackMTU: UInt16 = 65535
+    /// Datagram payload transport (`auto`: process-vm where the kernel permits it, else shared memory).
+    public var datagramTransport: DatagramTransport = .auto
+    /// Bytes in each client's shared segment (channels are carved out of it).
+    public var segmentSize: Int = 256 << 20
+    public var maxClients: Int = 256
+    public var maxSocketsPerClient: Int = 4096
+    /// Datagram channels: items per ring (each direction) and bytes per payload buffer.
+    public var datagramRingItems: Int = 128
+    public var datagramSlotSize: Int = 2048
+    /// Stream channels: bytes per ring (each direction).
+    public var streamRingSize: Int = 128 << 10
+    /// Pin the stack thread to this CPU.
+    public var cpu: Int?
+    /// Place client segments on this NUMA node (default: the node of the stack thread's CPU).
+    public var numaNode: Int?
+    /// Users other than the server's own allowed to connect.
+    public var allowedUIDs: Set<UInt32> = []
+    /// Allow clients of any user.
+    public var allowAnyUID = false
+
+    public init() {}
+
+    /// `$SOCKET_SERVER_PATH`, else `$XDG_RUNTIME_DIR/socket-server.sock`, else `/tmp/socket-server-UID.sock`.
+    public static var defaultSocketPath: String {
+        if let p = getenv("SOCKET_SERVER_PATH"), p.pointee != 0 { return String(cString: p) }
+        if let d = getenv("XDG_RUNTIME_DIR"), d.pointee != 0 { return String(cString: d) + "/socket-server.sock" }
+        return "/tmp/socket-server-\(getuid()).sock"
+    }
+
+    /// Checks limits that would otherwise fail later.
+    public func validate() throws(ServerError) {
+        guard !addresses.isEmpty else { throw ServerError("at least one --address is needed") }
+        guard segmentSize >= 1 << 20, segmentSize <= 1 << 34 else { throw ServerError("--segment-size must be between 1 MiB and 16 GiB") }
+        guard datagramRingItems >= 33, datagramRingItems <= 1 << 16 else {
+            throw ServerError("--datagram-ring-items must be between 33 and 65536 (a 65,507-byte datagram needs 33 buffers of 2 KiB)")
+        }
+        guard datagramSlotSize >= 512, datagramSlotSize <= 65536, datagramSlotSize % 64 == 0 else {
+            throw ServerError("--datagram-slot-size must be a multiple of 64 between 512 and 65536")
+        }
+        guard datagramRingItems * datagramSlotSize >= 65_507 else {
+            throw ServerError("datagram ring items x slot size must hold a 65,507-byte datagram")
+        }
+        guard streamRingSize >= 4096, streamRingSize <= 1 << 30 else { throw ServerError("--stream-ring-size must be between 4 KiB and 1 GiB") }
+        guard maxClients >= 1, maxSocketsPerClient >= 1 else { throw ServerError("limits must be at least 1") }
+        guard Array(socketPath.utf8).count < 108 else { throw ServerError("--socket-path is longer than 107 bytes") }
+    }
+}

@@ -1,0 +1,393 @@
+import CLwIP
+import CShims
+import CStack
+import SocketShared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A UDP socket: an lwIP udp_pcb and a datagram channel of two bipartite rings, both produced here.
+///
+/// - Receive ring: each arriving datagram becomes one or more items. With process-vm, one item per
+///   pbuf of the chain, naming the pbuf's payload in this process (the client copies it out with
+///   process_vm_readv); we keep the pbuf until the item comes back. With shared memory, the payload
+///   is copied into the channel's receive slots. A full ring drops the datagram and counts it, as
+///   a full socket buffer does in the kernel.
+/// - Send ring: we publish empty buffers (pbufs, or send slots); the client fills them and hands
+///   them back; we send each datagram and publish fresh buffers. Where a buffer is and how big is
+///   taken from our private records by ring position, never from the item the client rewrote.
+final class UDPSocket: ServerSocket {
+    private var pcb: UnsafeMutablePointer<udp_pcb>?
+    private let receiveRing: BipartiteRingProducer
+    private let sendRing: BipartiteRingProducer
+    private let transport: DatagramTransport
+    private let slotSize: Int
+    private var receivePbufs: [UnsafeMutablePointer<pbuf>?]
+    private var sendPbufs: [UnsafeMutablePointer<pbuf>?]
+    private let receiveSlots: Int  // segment offset of receive slot 0
+    private let sendSlots: Int
+    private var readShutdown = false
+    private(set) var receiveDrops: UInt64 = 0
+    private(set) var sendErrors: UInt64 = 0
+
+    static let maximumPayload = 65_507
+
+    override init(session: Session, handle: UInt32, domain: Int32, info: ChannelInfo, view: ChannelView,
+                  appEvent: EventFD, stackEvent: EventFD) throws(ServerError) {
+        transport = info.transport
+        slotSize = Int(info.slotSize)
+        receiveRing = view.datagramProducer(receive: true, count: Int(info.receiveSize))
+        sendRing = view.datagramProducer(receive: false, count: Int(info.sendSize))
+        receivePbufs = Array(repeating: nil, count: Int(info.receiveSize))
+        sendPbufs = Array(repeating: nil, count: Int(info.sendSize))
+        receiveSlots = Int(info.offset) + view.layout.receiveSlots
+        sendSlots = Int(info.offset) + view.layout.sendSlots
+        try super.init(session: session, handle: handle, domain: domain, info: info, view: view, appEvent: appEvent, stackEvent: stackEvent)
+        guard let pcb = udp_new_ip_type(UInt8(domain == AF_INET6 ? IPADDR_TYPE_V6.rawValue : IPADDR_TYPE_V4.rawValue)) else {
+            throw ServerError("lwIP could not allocate a UDP pcb")
+        }
+        self.pcb = pcb
+        udp_recv(pcb, udpReceived, Unmanaged.passUnretained(self).toOpaque())
+        refillSendRing()
+    }
+
+    // MARK: receive path (lwIP callback, core lock held)
+
+    func received(_ p: UnsafeMutablePointer<pbuf>, from ip: UnsafePointer<ip_addr_t>?, port: UInt16) {
+        if readShutdown {
+            pbuf_free(p)
+            return
+        }
+        do { try reclaimReceived() } catch {
+            pbuf_free(p)
+            session.misbehaved(error)
+            return
+        }
+        let total = Int(cstack_pbuf_tot_len(p))
+        var address = SocketAddress.unspecified
+        if let ip { address = socketAddress(ip, port: port) }
+        let items: Int
+        switch transport {
+        case .processVM:
+            var n = 0
+            var q: UnsafeMutablePointer<pbuf>? = p
+            while let cur = q { n += 1; q = cstack_pbuf_next(cur) }
+            items = n
+        default:
+            items = max(1, (total + slotSize - 1) / slotSize)
+        }
+        guard items <= receiveRing.freeItems else {
+            receiveRing.countDrop()
+            receiveDrops += 1
+            pbuf_free(p)
+            return
+        }
+        let raw = address.raw
+        var q: UnsafeMutablePointer<pbuf>? = p
+        for k in 0..<items {
+            let item = receiveRing.itemToFill(k)
+            let length: Int
+            switch transport {
+            case .processVM:
+                let cur = q!
+                length = Int(cstack_pbuf_len(cur))
+                item.pointee.payload = UInt64(UInt(bitPattern: cstack_pbuf_payload(cur)))
+                item.pointee.capacity = UInt32(length)
+                q = cstack_pbuf_next(cur)
+            default:
+                length = min(slotSize, total - k * slotSize)
+                let offset = receiveSlots + receiveRing.slotToFill(k) * slotSize
+                if length > 0 { pbuf_copy_partial(p, session.segmentBase + offset, UInt16(length), UInt16(k * slotSize)) }
+                item.pointee.payload = UInt64(offset)
+                item.pointee.capacity = UInt32(slotSize)
+            }
+            item.pointee.length = UInt32(length)
+            item.pointee.total = UInt32(total)
+            item.pointee.count = UInt16(items)
+            item.pointee.flags = UInt16(k == 0 ? CSHIMS_ITEM_FIRST : 0) | UInt16(k < items - 1 ? CSHIMS_ITEM_MORE : 0)
+            item.pointee.address = raw
+        }
+        if transport == .processVM {
+            receivePbufs[receiveRing.slotToFill(0)] = p // held until the client hands the items back
+        } else {
+            pbuf_free(p)
+        }
+        receiveRing.publish(items)
+        toApp.notify()
+    }
+
+    /// Takes back the receive items the client has finished with and frees their pbufs.
+    private func reclaimReceived() throws(SharedError) {
+        let n = try receiveRing.reclaimable()
+        guard n > 0 else { return }
+        if transport == .processVM {
+            for k in 0..<n {
+                let slot = receiveRing.slotToReclaim(k)
+                if let p = receivePbufs[slot] {
+                    pbuf_free(p)
+                    receivePbufs[slot] = nil
+                }
+            }
+        }
+        receiveRing.reclaim(n)
+    }
+
+    // MARK: send path (stack eventfd, core lock held)
+
+    override func serviceStackEvent() throws(SharedError) {
+        toStack.acknowledge()
+        while true {
+            let n = try sendRing.reclaimable()
+            if n == 0 { break }
+            var k = 0
+            while k < n {
+                k += sendDatagram(at: k, available: n - k)
+            }
+            if transport == .processVM {
+                // Buffers of malformed datagrams were not consumed by a send: free them too.
+                for j in 0..<n {
+                    let slot = sendRing.slotToReclaim(j)
+                    if let p = sendPbufs[slot] { pbuf_free(p); sendPbufs[slot] = nil }
+                }
+            }
+            sendRing.reclaim(n)
+            refillSendRing()
+        }
+        gate.release()
+    }
+
+    /// Sends the datagram whose first item is the `k`-th spent item.
+    /// - Returns: the number of items it occupied (1 for a malformed item, which is dropped).
+    private func sendDatagram(at k: Int, available: Int) -> Int {
+        let first = sendRing.itemToReclaim(k).pointee
+        let count = Int(first.count)
+        let total = Int(first.total)
+        guard first.flags & UInt16(CSHIMS_ITEM_FIRST) != 0, count >= 1, count <= available, total <= Self.maximumPayload else {
+            sendErrors += 1
+            return 1
+        }
+        var sum = 0
+        for j in 0..<count {
+            let item = sendRing.itemToReclaim(k + j).pointee
+            let last = j == count - 1
+            guard Int(item.length) <= slotSize, (item.flags & UInt16(CSHIMS_ITEM_MORE) != 0) == !last else {
+                sendErrors += 1
+                return count
+            }
+            sum += Int(item.length)
+        }
+        guard sum == total else {
+            sendErrors += 1
+            return count
+        }
+        let head: UnsafeMutablePointer<pbuf>?
+        switch transport {
+        case .processVM:
+            var chain: UnsafeMutablePointer<pbuf>?
+            for j in 0..<count {
+                let slot = sendRing.slotToReclaim(k + j)
+                guard let p = sendPbufs[slot] else { continue }
+                sendPbufs[slot] = nil
+                cstack_pbuf_set_length(p, UInt16(sendRing.itemToReclaim(k + j).pointee.length))
+                if let c = chain { pbuf_cat(c, p) } else { chain = p }
+            }
+            head = chain
+        default:
+            head = cstack_pbuf_alloc_transport(UInt16(total))
+            if let head {
+                var offset = 0
+                let payload = cstack_pbuf_payload(head)!
+                for j in 0..<count {
+                    let length = Int(sendRing.itemToReclaim(k + j).pointee.length)
+                    let source = session.segmentBase + sendSlots + sendRing.slotToReclaim(k + j) * slotSize
+                    (payload + offset).copyMemory(from: source, byteCount: length)
+                    offset += length
+                }
+            }
+        }
+        guard let head, let pcb else {
+            if let head { pbuf_free(head) }
+            sendErrors += 1
+            pendingError = ENOBUFS
+            return count
+        }
+        let err: err_t
+        if let destination = SocketAddress(first.address), destination.family != .unspecified {
+            if destination.family != family || !destination.isValid {
+                err = err_t(ERR_VAL.rawValue)
+            } else {
+                var ip = ipAddress(destination)
+                err = udp_sendto(pcb, head, &ip, destination.port)
+            }
+        } else if cstack_udp_is_connected(pcb) != 0 {
+            err = udp_send(pcb, head)
+        } else {
+            err = err_t(ERR_CONN.rawValue)
+        }
+        pbuf_free(head)
+        if err != errOK {
+            sendErrors += 1
+            pendingError = errnoFor(err)
+        }
+        return count
+    }
+
+    /// Publishes empty send buffers until the ring is full (or lwIP is out of memory).
+    private func refillSendRing() {
+        var n = 0
+        while n < sendRing.freeItems {
+            let item = sendRing.itemToFill(n)
+            let slot = sendRing.slotToFill(n)
+            switch transport {
+            case .processVM:
+                guard let p = cstack_pbuf_alloc_transport(UInt16(slotSize)) else { break }
+                sendPbufs[slot] = p
+                item.pointee.payload = UInt64(UInt(bitPattern: cstack_pbuf_payload(p)))
+            default:
+                item.pointee.payload = UInt64(sendSlots + slot * slotSize)
+            }
+            item.pointee.capacity = UInt32(slotSize)
+            item.pointee.length = 0
+            item.pointee.flags = 0
+            item.pointee.count = 0
+            n += 1
+        }
+        sendRing.publish(n)
+    }
+
+    // MARK: control requests
+
+    override func handle(_ request: Request) -> Reply {
+        guard let pcb else { return .error(EBADF) }
+        switch request {
+        case .bind(_, let address):
+            guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
+            guard cstack_udp_local_port(pcb) == 0 else { return .error(EINVAL) }
+            var ip = address.isWildcard ? anyAddress(family) : ipAddress(address)
+            guard address.isWildcard || cstack_is_local_address(&ip) != 0 else { return .error(EADDRNOTAVAIL) }
+            let err = udp_bind(pcb, &ip, address.port)
+            return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
+        case .connect(_, let address):
+            if address.family == .unspecified {
+                udp_disconnect(pcb)
+                return .ok(value: 0)
+            }
+            guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
+            var ip = ipAddress(address)
+            let err = udp_connect(pcb, &ip, address.port)
+            return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
+        case .getsockname:
+            return .address(socketAddress(cstack_udp_local_ip(pcb), port: cstack_udp_local_port(pcb), fallbackFamily: family))
+        case .getpeername:
+            guard cstack_udp_is_connected(pcb) != 0 else { return .error(ENOTCONN) }
+            return .address(socketAddress(cstack_udp_remote_ip(pcb), port: cstack_udp_remote_port(pcb), fallbackFamily: family))
+        case .shutdown(_, let how):
+            guard cstack_udp_is_connected(pcb) != 0 else { return .error(ENOTCONN) }
+            if how == SHUT_RD || how == SHUT_RDWR {
+                readShutdown = true
+                view.setEvents(CSHIMS_EV_READ_EOF)
+                toApp.notify()
+            }
+            return .ok(value: 0)
+        case .getsockopt(_, let level, let name, _):
+            return getOption(level: level, name: name)
+        case .setsockopt(_, let level, let name, let value):
+            return setOption(level: level, name: name, value: value)
+        case .listen, .accept:
+            return .error(EOPNOTSUPP)
+        default:
+            return .error(EINVAL)
+        }
+    }
+
+    private func getOption(level: Int32, name: Int32) -> Reply {
+        if let v = commonOption(level: level, name: name) { return .option(v) }
+        guard let pcb else { return .error(EBADF) }
+        switch (level, name) {
+        case (SOL_SOCKET, SO_TYPE): return .option(int32Bytes(Int32(SOCK_DGRAM.rawValue)))
+        case (SOL_SOCKET, SO_PROTOCOL): return .option(int32Bytes(Int32(IPPROTO_UDP)))
+        case (SOL_SOCKET, SO_ACCEPTCONN): return .option(int32Bytes(0))
+        case (SOL_SOCKET, SO_REUSEADDR): return .option(int32Bytes(cstack_pcb_get_option(pcb, UInt8(SOF_REUSEADDR))))
+        case (SOL_SOCKET, SO_BROADCAST): return .option(int32Bytes(cstack_pcb_get_option(pcb, UInt8(SOF_BROADCAST))))
+        case (SOL_SOCKET, SO_RCVBUF): return .option(int32Bytes(Int32(Int(info.receiveSize) * slotSize)))
+        case (SOL_SOCKET, SO_SNDBUF): return .option(int32Bytes(Int32(Int(info.sendSize) * slotSize)))
+        case (Int32(IPPROTO_IP), IP_TTL) where domain == AF_INET: return .option(int32Bytes(Int32(cstack_udp_ttl(pcb))))
+        case (Int32(IPPROTO_IP), IP_TOS) where domain == AF_INET: return .option(int32Bytes(Int32(cstack_udp_tos(pcb))))
+        case (Int32(IPPROTO_IPV6), IPV6_UNICAST_HOPS) where domain == AF_INET6: return .option(int32Bytes(Int32(cstack_udp_ttl(pcb))))
+        case (Int32(IPPROTO_IPV6), IPV6_V6ONLY) where domain == AF_INET6: return .option(int32Bytes(1))
+        default: return .error(ENOPROTOOPT)
+        }
+    }
+
+    private func setOption(level: Int32, name: Int32, value: [UInt8]) -> Reply {
+        guard let pcb else { return .error(EBADF) }
+        guard let v = int32Value(value) else { return .error(EINVAL) }
+        switch (level, name) {
+        case (SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_REUSEPORT):
+            cstack_pcb_set_option(pcb, UInt8(SOF_REUSEADDR), v != 0 ? 1 : 0)
+        case (SOL_SOCKET, SO_BROADCAST):
+            cstack_pcb_set_option(pcb, UInt8(SOF_BROADCAST), v != 0 ? 1 : 0)
+        case (SOL_SOCKET, SO_RCVBUF), (SOL_SOCKET, SO_SNDBUF):
+            // Channel rings are sized when the socket is made (--datagram-ring-items); getsockopt
+            // reports the real size, as Linux reports the size it actually granted.
+            guard v >= 0 else { return .error(EINVAL) }
+        case (Int32(IPPROTO_IP), IP_TTL) where domain == AF_INET, (Int32(IPPROTO_IPV6), IPV6_UNICAST_HOPS) where domain == AF_INET6:
+            guard v >= -1, v <= 255, v != 0 || domain == AF_INET6 else { return .error(EINVAL) }
+            cstack_udp_set_ttl(pcb, UInt8(v == -1 ? 64 : v))
+        case (Int32(IPPROTO_IP), IP_TOS) where domain == AF_INET:
+            cstack_udp_set_tos(pcb, UInt8(truncatingIfNeeded: v))
+        case (Int32(IPPROTO_IPV6), IPV6_V6ONLY) where domain == AF_INET6:
+            // IPv6 sockets here are always IPv6-only (no v4-mapped addresses).
+            guard v != 0 else { return .error(EOPNOTSUPP) }
+        default:
+            return .error(ENOPROTOOPT)
+        }
+        return .ok(value: 0)
+    }
+
+    override func releaseStack() {
+        if let pcb {
+            udp_recv(pcb, nil, nil)
+            udp_remove(pcb)
+            self.pcb = nil
+        }
+        for i in receivePbufs.indices { if let p = receivePbufs[i] { pbuf_free(p); receivePbufs[i] = nil } }
+        for i in sendPbufs.indices { if let p = sendPbufs[i] { pbuf_free(p); sendPbufs[i] = nil } }
+    }
+}
+
+/// lwIP's udp_recv callback. Free function: a closure in main.swift would be main-actor isolated and
+/// trap when lwIP's tcpip thread calls it.
+func udpReceived(_ arg: UnsafeMutableRawPointer?, _ pcb: UnsafeMutablePointer<udp_pcb>?, _ p: UnsafeMutablePointer<pbuf>?,
+                 _ addr: UnsafePointer<ip_addr_t>?, _ port: UInt16) {
+    guard let p else { return }
+    guard let arg else {
+        pbuf_free(p)
+        return
+    }
+    Unmanaged<UDPSocket>.fromOpaque(arg).takeUnretainedValue().received(p, from: addr, port: port)
+}
+
+// MARK: address conversion
+
+func ipAddress(_ a: SocketAddress) -> ip_addr_t {
+    var ip = ip_addr_t()
+    a.bytes.withUnsafeBufferPointer { cstack_ip_set(&ip, a.family == .inet ? 4 : 6, $0.baseAddress, a.scopeID) }
+    return ip
+}
+
+func anyAddress(_ family: SocketAddress.Family) -> ip_addr_t {
+    var ip = ip_addr_t()
+    cstack_ip_set_any(&ip, family == .inet ? 4 : 6)
+    return ip
+}
+
+func socketAddress(_ ip: UnsafePointer<ip_addr_t>, port: UInt16, fallbackFamily: SocketAddress.Family = .inet) -> SocketAddress {
+    var bytes = [UInt8](repeating: 0, count: 16)
+    let family = bytes.withUnsafeMutableBufferPointer { cstack_ip_get(ip, $0.baseAddress) }
+    switch family {
+    case 4: return SocketAddress(family: .inet, port: port, bytes: Array(bytes[..<4]))
+    case 6: return SocketAddress(family: .inet6, port: port, bytes: bytes)
+    default: return fallbackFamily == .inet ? .ipv4Any(port: port) : .ipv6Any(port: port)
+    }
+}
