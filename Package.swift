@@ -7,6 +7,8 @@ let package = Package(
     name: "swift-socket-offload",
     products: [
         .library(name: "SocketClient", targets: ["SocketClient"]),
+        // The same library as a shared object, for C programs (include/socket_offload.h).
+        .library(name: "SocketClientDynamic", type: .dynamic, targets: ["SocketClient"]),
         .library(name: "SocketShared", targets: ["SocketShared"]),
         .library(name: "SocketServer", targets: ["SocketServer"]),
         .executable(name: "socket-server", targets: ["socket-server"]),
@@ -62,6 +64,17 @@ let package = Package(
             name: "udp-echo-client",
             dependencies: ["SocketClient", "SocketShared", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "examples/udp-echo-client"
+        ),
+
+        .executableTarget(
+            name: "tcp-echo-server",
+            dependencies: ["SocketClient", "SocketShared", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "examples/tcp-echo-server"
+        ),
+        .executableTarget(
+            name: "tcp-echo-client",
+            dependencies: ["SocketClient", "SocketShared", "CShims", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "examples/tcp-echo-client"
         ),
 
         // Cross-process test peer: the other process in the shared-memory tests.

@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <lwip/ip.h>
+#include <lwip/priv/tcp_priv.h>
+#include <netinet/tcp.h>
 #include <lwip/netif.h>
 #include <lwip/sys.h>
 #include <lwip/tcpip.h>
@@ -192,4 +194,32 @@ int cstack_read_signal(int fd) {
     if (n == (ssize_t)sizeof info) return (int)info.ssi_signo;
     if (n < 0 && errno == EAGAIN) return 0;
     return -1;
+}
+
+// MARK: TCP
+
+size_t cstack_tcp_info(const struct tcp_pcb *pcb, void *out, size_t len) {
+    // lwIP state -> Linux TCP_* state numbers.
+    static const uint8_t linux_state[] = {7, 10, 2, 3, 1, 4, 5, 8, 11, 9, 6};
+    struct tcp_info info;
+    memset(&info, 0, sizeof info);
+    int state = (int)pcb->state;
+    info.tcpi_state = (state >= 0 && state < 11) ? linux_state[state] : 7;
+    info.tcpi_retransmits = pcb->nrtx;
+    info.tcpi_snd_mss = tcp_mss(pcb);
+    info.tcpi_rcv_mss = pcb->mss;
+    info.tcpi_rto = (uint32_t)pcb->rto * TCP_SLOW_INTERVAL * 1000u;       // us
+    info.tcpi_rtt = (uint32_t)(pcb->sa >> 3) * TCP_SLOW_INTERVAL * 1000u; // us (smoothed, coarse)
+    info.tcpi_rttvar = (uint32_t)pcb->sv * TCP_SLOW_INTERVAL * 1000u;
+    info.tcpi_snd_ssthresh = pcb->ssthresh / tcp_mss(pcb);
+    info.tcpi_snd_cwnd = pcb->cwnd / tcp_mss(pcb);
+    info.tcpi_rcv_space = pcb->rcv_wnd;
+    info.tcpi_unacked = pcb->snd_queuelen;
+    size_t n = len < sizeof info ? len : sizeof info;
+    memcpy(out, &info, n);
+    return n;
+}
+
+struct tcp_pcb *cstack_tcp_listen(struct tcp_pcb *pcb, uint8_t backlog, err_t *err) {
+    return tcp_listen_with_backlog_and_err(pcb, backlog, err);
 }

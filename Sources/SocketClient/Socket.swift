@@ -180,6 +180,37 @@ public final class Socket: @unchecked Sendable {
         return Int(n)
     }
 
+    /// Marks a stream socket as accepting connections. The corresponding C function is `listen`.
+    public func listen(backlog: Int32 = 128) throws(SocketError) {
+        _ = try check("listen", sko_listen(fileDescriptor, backlog))
+    }
+
+    /// Takes the next connection. The corresponding C function is `accept4`.
+    public func accept(nonBlocking: Bool = false) throws(SocketError) -> (socket: Socket, peer: SocketAddress?) {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let fd = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                sko_accept4(fileDescriptor, $0, &len, nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
+            }
+        }
+        _ = try check("accept", fd)
+        let peer = withUnsafeBytes(of: &storage) { SocketAddress(sockaddr: $0.baseAddress!, length: Int(len)) }
+        return (Socket(adopting: fd, family: family), peer)
+    }
+
+    /// Sends every byte (blocking socket) or as many as fit (non-blocking).
+    /// - Returns: bytes sent.
+    @discardableResult
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(SocketError) -> Int {
+        try check("send", sko_send(fileDescriptor, bytes.baseAddress, bytes.count, 0))
+    }
+
+    /// Reads up to `buffer.count` bytes; 0 means end of stream.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, flags: Int32 = 0) throws(SocketError) -> Int {
+        try check("recv", sko_recv(fileDescriptor, buffer.baseAddress, buffer.count, flags))
+    }
+
     public func shutdown(_ how: Int32) throws(SocketError) {
         _ = try check("shutdown", sko_shutdown(fileDescriptor, how))
     }

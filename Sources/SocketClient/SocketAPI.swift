@@ -362,3 +362,45 @@ public func sko_close(_ fd: Int32) -> Int32 {
         return 0
     }
 }
+
+/// The corresponding C function is `listen`.
+@_cdecl("sko_listen")
+public func sko_listen(_ fd: Int32, _ backlog: Int32) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        guard let s = try ClientState.shared.socket(fd) as? StreamSocket else { throw Errno(EOPNOTSUPP) }
+        try s.listen(backlog: backlog)
+        return 0
+    }
+}
+
+/// The corresponding C function is `accept4`: `flags` may hold SOCK_NONBLOCK and SOCK_CLOEXEC (the
+/// new descriptor is always close-on-exec).
+@_cdecl("sko_accept4")
+public func sko_accept4(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: UnsafeMutablePointer<socklen_t>?, _ flags: Int32) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        guard let s = try ClientState.shared.socket(fd) as? StreamSocket else { throw Errno(EOPNOTSUPP) }
+        guard flags & ~(Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)) == 0 else { throw Errno(EINVAL) }
+        let (connection, peer) = try s.accept(flags: flags)
+        ClientState.shared.register(connection)
+        store(peer, addr, len)
+        return connection.fd
+    }
+}
+
+/// The corresponding C function is `accept`.
+@_cdecl("sko_accept")
+public func sko_accept(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: UnsafeMutablePointer<socklen_t>?) -> Int32 {
+    sko_accept4(fd, addr, len, 0)
+}
+
+/// The corresponding C function is `read` (a `recv` without flags).
+@_cdecl("sko_read")
+public func sko_read(_ fd: Int32, _ buf: UnsafeMutableRawPointer?, _ len: Int) -> Int {
+    sko_recvfrom(fd, buf, len, 0, nil, nil)
+}
+
+/// The corresponding C function is `write` (a `send` without flags; never raises SIGPIPE).
+@_cdecl("sko_write")
+public func sko_write(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int) -> Int {
+    sko_sendto(fd, buf, len, 0, nil, 0)
+}

@@ -1,9 +1,275 @@
+import CShims
 import SocketShared
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// TCP sockets arrive with the stream channel (issue 4); until then the server refuses them.
+/// Builds the client socket for a stream channel (a fresh TCP socket or an accepted connection).
 func makeStreamSocket(_ connection: ServerConnection, _ info: ChannelInfo, domain: Int32, type: Int32, fd: Int32, stackFD: Int32) throws(Errno) -> ClientSocket {
-    throw Errno(EPROTONOSUPPORT)
+    try StreamSocket(connection: connection, info: info, domain: domain, type: type, fd: fd, stackFD: stackFD)
+}
+
+/// Client side of a TCP socket: two byte rings. We produce into the send ring and consume the
+/// receive ring. Connection state comes from the channel's event bits, set by the server.
+final class StreamSocket: ClientSocket, @unchecked Sendable {
+    // @unchecked Sendable: `receiveRing` is used under receiveLock, `sendRing` under sendLock,
+    // `state` is a Mutex, the rest is atomic.
+    private let receiveRing: StreamRingConsumer
+    private let sendRing: StreamRingProducer
+
+    enum State { case fresh, connecting, connected, listening }
+    private let state = Mutex<State>(.fresh)
+    /// The connection's error (reset, refused...) was reported once; later calls see EOF / EPIPE.
+    private let errorReported = Atomic<Bool>(false)
+    private let writeShut = Atomic<Bool>(false)
+
+    override init(connection: ServerConnection, info: ChannelInfo, domain: Int32, type: Int32, fd: Int32, stackFD: Int32) throws(Errno) {
+        guard info.kind == .stream, info.receiveSize > 0, info.sendSize > 0 else { throw Errno(EPROTO) }
+        let view = try ChannelView(connection: connection, info: info)
+        receiveRing = view.streamConsumer(receive: true, capacity: Int(info.receiveSize))
+        sendRing = view.streamProducer(receive: false, capacity: Int(info.sendSize))
+        try super.init(connection: connection, info: info, domain: domain, type: type, fd: fd, stackFD: stackFD)
+        if view.events & CSHIMS_EV_CONNECTED != 0 { state.withLock { $0 = .connected } }
+    }
+
+    /// The current state, advanced from `.connecting` by the server's event bits.
+    private func currentState() -> State {
+        state.withLock { s in
+            if s == .connecting {
+                let events = view.events
+                if events & CSHIMS_EV_CONNECTED != 0 { s = .connected }
+            }
+            return s
+        }
+    }
+
+    /// The connection's error, reported once; nil when there is none (or it was reported).
+    private func takeError() -> Errno? {
+        guard view.events & CSHIMS_EV_ERROR != 0 else { return nil }
+        guard !errorReported.exchange(true, ordering: .acquiringAndReleasing) else { return nil }
+        let code = view.pendingError
+        return Errno(code != 0 ? code : ECONNRESET)
+    }
+
+    private var failed: Bool { view.events & CSHIMS_EV_ERROR != 0 }
+
+    // MARK: connect, listen, accept
+
+    override func connect(to address: SocketAddress) throws(Errno) {
+        switch currentState() {
+        case .connected: throw Errno(EISCONN)
+        case .connecting: throw Errno(EALREADY)
+        case .listening: throw Errno(EINVAL)
+        case .fresh: break
+        }
+        // Unwritable until the server reports the outcome (POLLOUT then means "connect finished").
+        eventLock.withLock { gate.block() }
+        let reply: Reply
+        do {
+            (reply, _) = try connection.request(.connect(handle: info.handle, address: address)).self
+        } catch {
+            gate.release()
+            throw error
+        }
+        switch reply {
+        case .error(EINPROGRESS), .ok:
+            state.withLock { $0 = .connecting }
+        case .error(let err):
+            gate.release()
+            throw Errno(err)
+        default:
+            gate.release()
+            throw Errno(EPROTO)
+        }
+        if nonBlocking.load(ordering: .relaxed) { throw Errno(EINPROGRESS) }
+        let deadline = self.deadline(sendTimeout.load(ordering: .relaxed))
+        while true {
+            if currentState() == .connected { return }
+            if let err = takeError() { throw err }
+            if failed { throw Errno(ECONNABORTED) }
+            try checkServer()
+            do {
+                try waitFor(Int16(POLLOUT), until: deadline)
+            } catch where error.rawValue == EAGAIN {
+                throw Errno(EINPROGRESS) // SO_SNDTIMEO elapsed: the connect goes on in the background
+            }
+        }
+    }
+
+    func listen(backlog: Int32) throws(Errno) {
+        let s = currentState()
+        guard s == .fresh || s == .listening else { throw Errno(EINVAL) }
+        _ = try request(.listen(handle: info.handle, backlog: backlog))
+        state.withLock { $0 = .listening }
+    }
+
+    func accept(flags: Int32) throws(Errno) -> (StreamSocket, SocketAddress) {
+        guard currentState() == .listening else { throw Errno(EINVAL) }
+        let dontWait = nonBlocking.load(ordering: .relaxed)
+        let deadline = self.deadline(receiveTimeout.load(ordering: .relaxed))
+        while true {
+            try checkServer()
+            let (reply, fds) = try connection.request(.accept(handle: info.handle, flags: flags))
+            switch reply {
+            case .accepted(_, let peer):
+                let s = try makeSocket(connection, reply, fds, domain: domain, type: type)
+                guard let stream = s as? StreamSocket else { throw Errno(EPROTO) }
+                stream.nonBlocking.store(flags & Int32(SOCK_NONBLOCK.rawValue) != 0, ordering: .relaxed)
+                return (stream, peer)
+            case .error(EAGAIN):
+                for fd in fds { Glibc.close(fd) }
+                if try acknowledgeAndRecheck({ view.pendingAccepts > 0 }) { continue }
+                if dontWait { throw Errno(EAGAIN) }
+                try waitFor(Int16(POLLIN), until: deadline)
+            case .error(let err):
+                for fd in fds { Glibc.close(fd) }
+                throw Errno(err)
+            default:
+                for fd in fds { Glibc.close(fd) }
+                throw Errno(EPROTO)
+            }
+        }
+    }
+
+    // MARK: send
+
+    override func send(_ buffers: [UnsafeRawBufferPointer], to address: SocketAddress?, flags: Int32) throws(Errno) -> Int {
+        let length = buffers.reduce(0) { $0 + $1.count }
+        let dontWait = flags & Int32(MSG_DONTWAIT) != 0 || nonBlocking.load(ordering: .relaxed)
+        let deadline = self.deadline(sendTimeout.load(ordering: .relaxed))
+        return try sendLock.withLock { () throws(Errno) -> Int in
+            var remaining = buffers.filter { $0.count > 0 }
+            var total = 0
+            while true {
+                if let err = takeError() {
+                    if total > 0 { return total }
+                    throw err
+                }
+                if writeShut.load(ordering: .relaxed) || failed || view.events & CSHIMS_EV_WRITE_SHUT != 0 {
+                    if total > 0 { return total }
+                    throw Errno(EPIPE)
+                }
+                switch currentState() {
+                case .connected: break
+                case .connecting:
+                    if dontWait { throw Errno(EAGAIN) }
+                    try waitFor(Int16(POLLOUT), until: deadline)
+                    continue
+                case .fresh, .listening:
+                    throw Errno(EPIPE)
+                }
+                if length == 0 { return 0 }
+                let n: Int
+                do { n = try sendRing.write(remaining) } catch { throw Errno(EPROTO) }
+                if n > 0 {
+                    total += n
+                    toStack.notify()
+                    if total == length { return total }
+                    remaining = Self.advance(remaining, by: n)
+                    continue
+                }
+                try checkServer()
+                if try blockUntilRoom({ () throws(Errno) -> Bool in
+                    do { return try sendRing.freeSpace() > 0 } catch { throw Errno(EPROTO) }
+                }) { continue }
+                if dontWait {
+                    if total > 0 { return total }
+                    throw Errno(EAGAIN)
+                }
+                do throws(Errno) {
+                    try waitFor(Int16(POLLOUT), until: deadline)
+                } catch {
+                    if error.rawValue == EAGAIN && total > 0 { return total }
+                    throw error
+                }
+            }
+        }
+    }
+
+    private static func advance(_ buffers: [UnsafeRawBufferPointer], by n: Int) -> [UnsafeRawBufferPointer] {
+        var skip = n
+        var out: [UnsafeRawBufferPointer] = []
+        for b in buffers {
+            if skip >= b.count { skip -= b.count; continue }
+            out.append(UnsafeRawBufferPointer(rebasing: b[skip...]))
+            skip = 0
+        }
+        return out
+    }
+
+    // MARK: receive
+
+    override func receive(_ buffers: [UnsafeMutableRawBufferPointer], flags: Int32) throws(Errno) -> (count: Int, full: Int, from: SocketAddress?, truncated: Bool) {
+        let peek = flags & Int32(MSG_PEEK) != 0
+        let waitAll = flags & Int32(MSG_WAITALL) != 0 && !peek
+        let dontWait = flags & Int32(MSG_DONTWAIT) != 0 || nonBlocking.load(ordering: .relaxed)
+        let deadline = self.deadline(receiveTimeout.load(ordering: .relaxed))
+        let wanted = buffers.reduce(0) { $0 + $1.count }
+        let n = try receiveLock.withLock { () throws(Errno) -> Int in
+            switch currentState() {
+            case .listening: throw Errno(EINVAL)
+            case .fresh: throw Errno(ENOTCONN)
+            case .connecting, .connected: break
+            }
+            var total = 0
+            while true {
+                let available: Int
+                do { available = try receiveRing.available() } catch { throw Errno(EPROTO) }
+                if available > 0 && total < wanted {
+                    let n: Int
+                    do { n = try receiveRing.read(into: Self.advance(buffers, by: total), peek: peek) } catch { throw Errno(EPROTO) }
+                    total += n
+                    if !peek, view.takeStackWants(CSHIMS_WANTS_RX_PROGRESS) != 0 { toStack.notify() }
+                    if !waitAll || total == wanted { return total }
+                    continue
+                }
+                if wanted == 0 { return 0 }
+                let events = view.events
+                if events & CSHIMS_EV_ERROR != 0 {
+                    if total > 0 { return total }
+                    if let err = takeError() { throw err }
+                    return 0
+                }
+                if events & CSHIMS_EV_READ_EOF != 0 { return total }
+                if total > 0 && !waitAll { return total }
+                try checkServer()
+                if try acknowledgeAndRecheck({ () throws(Errno) -> Bool in
+                    do { return try receiveRing.available() > 0 || view.events & (CSHIMS_EV_READ_EOF | CSHIMS_EV_ERROR) != 0 } catch { throw Errno(EPROTO) }
+                }) { continue }
+                if dontWait {
+                    if total > 0 { return total }
+                    throw Errno(EAGAIN)
+                }
+                do throws(Errno) {
+                    try waitFor(Int16(POLLIN), until: deadline)
+                } catch {
+                    if error.rawValue == EAGAIN && total > 0 { return total }
+                    throw error
+                }
+            }
+        }
+        return (n, n, nil, false)
+    }
+
+    private static func advance(_ buffers: [UnsafeMutableRawBufferPointer], by n: Int) -> [UnsafeMutableRawBufferPointer] {
+        var skip = n
+        var out: [UnsafeMutableRawBufferPointer] = []
+        for b in buffers {
+            if skip >= b.count { skip -= b.count; continue }
+            out.append(UnsafeMutableRawBufferPointer(rebasing: b[skip...]))
+            skip = 0
+        }
+        return out
+    }
+
+    override func bytesReadable() throws(Errno) -> Int {
+        do { return try receiveRing.available() } catch { throw Errno(EPROTO) }
+    }
+
+    override func shutdown(_ how: Int32) throws(Errno) {
+        guard currentState() == .connected else { throw Errno(ENOTCONN) }
+        _ = try request(.shutdown(handle: info.handle, how: how))
+        if how == SHUT_WR || how == SHUT_RDWR { writeShut.store(true, ordering: .relaxed) }
+    }
 }

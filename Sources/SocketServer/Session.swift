@@ -1,4 +1,5 @@
 import CShims
+import CLwIP
 import CStack
 import Logging
 import SocketShared
@@ -20,6 +21,8 @@ final class Session {
     private var allocator = SegmentAllocator(start: 0, size: 0)
     private(set) var transport: DatagramTransport = .sharedMemory
     private(set) var sockets: [UInt32: ServerSocket] = [:]
+    /// Connections the app closed that are still delivering queued data.
+    private var closing: [TCPSocket] = []
     private var nextHandle: UInt32 = 1
     private var malformed = 0
     private(set) var isClosed = false
@@ -145,59 +148,112 @@ final class Session {
     private func openSocket(domain: Int32, type: Int32, protocol proto: Int32) -> (Reply, [Int32], keepOpen: Bool) {
         guard domain == AF_INET || domain == AF_INET6 else { return (.error(EAFNOSUPPORT), [], true) }
         let config = server.configuration
-        let kind: ChannelKind
+        let result: Result<ServerSocket, Errno>
         switch type {
         case Int32(SOCK_DGRAM.rawValue):
             guard proto == 0 || proto == Int32(IPPROTO_UDP) else { return (.error(EPROTONOSUPPORT), [], true) }
-            kind = .datagram
+            let template = ChannelInfo(handle: 0, kind: .datagram, transport: transport, offset: 0,
+                                       receiveSize: UInt32(config.datagramRingItems), sendSize: UInt32(config.datagramRingItems),
+                                       slotSize: UInt32(config.datagramSlotSize))
+            result = createSocket(template) { (info, view, app, stack) throws(ServerError) in
+                try UDPSocket(session: self, handle: info.handle, domain: domain, info: info, view: view, appEvent: app, stackEvent: stack)
+            }
+        case Int32(SOCK_STREAM.rawValue):
+            guard proto == 0 || proto == Int32(IPPROTO_TCP) else { return (.error(EPROTONOSUPPORT), [], true) }
+            result = createSocket(streamTemplate) { (info, view, app, stack) throws(ServerError) in
+                try TCPSocket(session: self, handle: info.handle, domain: domain, info: info, view: view, appEvent: app, stackEvent: stack)
+            }
         default:
-            return (.error(EPROTONOSUPPORT), [], true)
+            return (.error(ESOCKTNOSUPPORT), [], true)
         }
-        guard sockets.count < config.maxSocketsPerClient else { return (.error(EMFILE), [], true) }
-        let info = ChannelInfo(handle: nextHandle, kind: kind, transport: transport, offset: 0,
-                               receiveSize: UInt32(config.datagramRingItems), sendSize: UInt32(config.datagramRingItems),
-                               slotSize: UInt32(config.datagramSlotSize))
-        return makeSocket(info, domain: domain)
+        switch result {
+        case .success(let socket): return (.socket(socket.info), [socket.appEvent.fd, socket.stackEvent.fd], true)
+        case .failure(let err): return (.error(err.rawValue), [], true)
+        }
     }
 
-    /// Allocates the channel and eventfds for `info`, builds the socket and registers it.
-    private func makeSocket(_ template: ChannelInfo, domain: Int32, build: ((ChannelInfo, ChannelView, EventFD, EventFD) throws(ServerError) -> ServerSocket)? = nil) -> (Reply, [Int32], keepOpen: Bool) {
-        guard let segment else { return (.error(ENOTCONN), [], true) }
+    private var streamTemplate: ChannelInfo {
+        let size = UInt32(server.configuration.streamRingSize)
+        return ChannelInfo(handle: 0, kind: .stream, transport: transport, offset: 0, receiveSize: size, sendSize: size, slotSize: 0)
+    }
+
+    /// A connection a listener accepted (inside lwIP's accept callback): it gets its channel now, so
+    /// data flows into its ring before the app calls accept.
+    func createAcceptedSocket(_ pcb: UnsafeMutablePointer<tcp_pcb>, domain: Int32) -> TCPSocket? {
+        let result = createSocket(streamTemplate) { (info, view, app, stack) throws(ServerError) in
+            try TCPSocket(accepted: pcb, session: self, handle: info.handle, domain: domain, info: info, view: view,
+                          appEvent: app, stackEvent: stack)
+        }
+        guard case .success(let socket) = result else { return nil }
+        return socket as? TCPSocket
+    }
+
+    /// Allocates a channel (shaped by `template`) and two eventfds, builds the socket with `build`,
+    /// and registers it under a new handle.
+    private func createSocket(_ template: ChannelInfo,
+                              build: (ChannelInfo, ChannelView, EventFD, EventFD) throws(ServerError) -> ServerSocket) -> Result<ServerSocket, Errno> {
+        guard let segment else { return .failure(Errno(ENOTCONN)) }
+        guard sockets.count + closing.count < server.configuration.maxSocketsPerClient else { return .failure(Errno(EMFILE)) }
         var info = template
+        info.handle = nextHandle
         let layout = ChannelLayout(info)
-        guard let offset = allocator.allocate(layout.size) else { return (.error(ENOBUFS), [], true) }
+        guard let offset = allocator.allocate(layout.size) else { return .failure(Errno(ENOBUFS)) }
         info.offset = UInt64(offset)
         memset(segment.base + offset, 0, layout.size)
         do {
             let view = try ChannelView(segment: segment, offset: offset, layout: layout)
             let appEvent = try EventFD()
             let stackEvent = try EventFD()
-            let socket: ServerSocket
-            if let build {
-                socket = try build(info, view, appEvent, stackEvent)
-            } else {
-                socket = try UDPSocket(session: self, handle: info.handle, domain: domain, info: info, view: view,
-                                       appEvent: appEvent, stackEvent: stackEvent)
-            }
+            let socket = try build(info, view, appEvent, stackEvent)
             try server.loop.add(stackEvent.fd, token: token(info.handle))
             sockets[info.handle] = socket
-            nextHandle = nextHandle == UInt32.max ? 1 : nextHandle + 1
-            while sockets[nextHandle] != nil { nextHandle += 1 }
-            return (.socket(info), [appEvent.fd, stackEvent.fd], true)
+            repeat {
+                nextHandle = nextHandle == UInt32.max ? 1 : nextHandle + 1
+            } while sockets[nextHandle] != nil
+            return .success(socket)
         } catch {
             allocator.release(offset, layout.size)
             logger.warning("cannot create socket: \(error)")
-            return (.error((error as? SharedError)?.errno?.rawValue ?? ENOMEM), [], true)
+            return .failure(Errno((error as? SharedError)?.errno?.rawValue ?? ENOMEM))
         }
     }
 
-    private func acceptConnection(on listener: ServerSocket, flags: Int32) -> (Reply, [Int32], keepOpen: Bool) {
-        (.error(EOPNOTSUPP), [], true)
+    private func acceptConnection(on socket: ServerSocket, flags: Int32) -> (Reply, [Int32], keepOpen: Bool) {
+        guard let listener = socket as? TCPSocket, listener.role == .listener else { return (.error(EINVAL), [], true) }
+        while let handle = listener.takePendingConnection() {
+            guard let connection = sockets[handle] as? TCPSocket else { continue }
+            let peer = connection.peerAddress ?? .unspecified
+            return (.accepted(connection.info, peer: peer), [connection.appEvent.fd, connection.stackEvent.fd], true)
+        }
+        return (.error(EAGAIN), [], true)
     }
 
+    /// The app closed `handle`. A TCP connection with queued data keeps draining (in `closing`)
+    /// until its FIN is sent; everything else is released at once.
     func closeSocket(_ handle: UInt32) {
         guard let socket = sockets.removeValue(forKey: handle) else { return }
         server.loop.remove(socket.stackEvent.fd)
+        if let tcp = socket as? TCPSocket {
+            if tcp.role == .listener {
+                // Connections nobody accepted are reset, as the kernel does.
+                while let pending = tcp.takePendingConnection() { closeSocket(pending) }
+            }
+            if !tcp.closeByApp() {
+                closing.append(tcp)
+                return
+            }
+        }
+        releaseChannel(of: socket)
+    }
+
+    /// A closed connection finished draining (or failed while draining).
+    func finishedClosing(_ socket: TCPSocket) {
+        guard let i = closing.firstIndex(where: { $0 === socket }) else { return }
+        closing.remove(at: i)
+        releaseChannel(of: socket)
+    }
+
+    private func releaseChannel(of socket: ServerSocket) {
         socket.release()
         allocator.release(Int(socket.info.offset), socket.view.layout.size)
     }
@@ -222,7 +278,14 @@ final class Session {
     func close() {
         guard !isClosed else { return }
         isClosed = true
-        for handle in Array(sockets.keys) { closeSocket(handle) }
+        // The client is gone: its connections are reset (peers see it), everything is released.
+        for socket in closing { releaseChannel(of: socket) }
+        closing.removeAll()
+        for (_, socket) in sockets {
+            server.loop.remove(socket.stackEvent.fd)
+            releaseChannel(of: socket)
+        }
+        sockets.removeAll()
         server.loop.remove(fd)
         Glibc.close(fd)
         if segment != nil { logger.info("client disconnected") }

@@ -81,6 +81,7 @@ typedef struct cshims_channel_header {
     _Atomic uint32_t blocked;                            // app made its fd unwritable (see Notifier)
     _Atomic uint32_t pending_accepts;                    // listener: connections ready to accept
     _Atomic uint32_t app_state;                          // CSHIMS_APP_* set by the app side
+    _Atomic uint32_t stack_wants;                        // CSHIMS_WANTS_* set by the stack, cleared by the app
     cshims_notify_state to_app;                          // stack -> app
     cshims_notify_state to_stack;                        // app -> stack
 } cshims_channel_header;
@@ -93,8 +94,10 @@ typedef struct cshims_channel_header {
 #define CSHIMS_EV_WRITE_SHUT  0x20u // the stack will accept no more data to send
 #define CSHIMS_EV_CLOSED      0x40u // the stack has released the socket
 
-#define CSHIMS_APP_WANTS_SPACE 0x01u // app waits for send-ring space
 #define CSHIMS_APP_SHUT_WR     0x02u // app has called shutdown(SHUT_WR)
+#define CSHIMS_APP_SHUT_RD     0x04u // app has called shutdown(SHUT_RD)
+
+#define CSHIMS_WANTS_RX_PROGRESS 0x01u // stack: tell me (notify to_stack) when you consume receive data
 
 /// Header at offset 0 of every client segment.
 typedef struct cshims_segment_header {
@@ -128,6 +131,7 @@ enum {
     CSHIMS_CHANNEL_BLOCKED = offsetof(cshims_channel_header, blocked),
     CSHIMS_CHANNEL_PENDING_ACCEPTS = offsetof(cshims_channel_header, pending_accepts),
     CSHIMS_CHANNEL_APP_STATE = offsetof(cshims_channel_header, app_state),
+    CSHIMS_CHANNEL_STACK_WANTS = offsetof(cshims_channel_header, stack_wants),
     CSHIMS_CHANNEL_TO_APP = offsetof(cshims_channel_header, to_app),
     CSHIMS_CHANNEL_TO_STACK = offsetof(cshims_channel_header, to_stack),
     CSHIMS_SEGMENT_HEADER_SIZE = sizeof(cshims_segment_header),

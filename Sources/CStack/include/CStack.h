@@ -65,6 +65,37 @@ static inline void cstack_udp_set_ttl(struct udp_pcb *pcb, uint8_t ttl) { pcb->t
 static inline uint8_t cstack_udp_tos(const struct udp_pcb *pcb) { return pcb->tos; }
 static inline void cstack_udp_set_tos(struct udp_pcb *pcb, uint8_t tos) { pcb->tos = tos; }
 
+static inline uint16_t cstack_tcp_local_port(const struct tcp_pcb *pcb) { return pcb->local_port; }
+static inline uint16_t cstack_tcp_remote_port(const struct tcp_pcb *pcb) { return pcb->remote_port; }
+static inline const ip_addr_t *cstack_tcp_local_ip(const struct tcp_pcb *pcb) { return &pcb->local_ip; }
+static inline const ip_addr_t *cstack_tcp_remote_ip(const struct tcp_pcb *pcb) { return &pcb->remote_ip; }
+static inline int cstack_tcp_state(const struct tcp_pcb *pcb) { return (int)pcb->state; }
+static inline uint32_t cstack_tcp_sndbuf(const struct tcp_pcb *pcb) { return tcp_sndbuf(pcb); }
+static inline uint32_t cstack_tcp_sndqueuelen(const struct tcp_pcb *pcb) { return tcp_sndqueuelen(pcb); }
+static inline uint32_t cstack_tcp_sndqueuelen_max(void) { return TCP_SND_QUEUELEN; }
+static inline uint32_t cstack_tcp_window(void) { return TCP_WND; }
+static inline uint16_t cstack_tcp_mss(const struct tcp_pcb *pcb) { return tcp_mss(pcb); }
+/// Sends an ACK with the next output (quick ACK), as Linux does on loopback.
+static inline void cstack_tcp_ack_now(struct tcp_pcb *pcb) { tcp_set_flags(pcb, TF_ACK_NOW); }
+static inline void cstack_tcp_set_nodelay(struct tcp_pcb *pcb, int on) {
+    if (on) tcp_nagle_disable(pcb); else tcp_nagle_enable(pcb);
+}
+static inline int cstack_tcp_nodelay(const struct tcp_pcb *pcb) { return tcp_nagle_disabled(pcb) != 0; }
+static inline void cstack_tcp_set_option(struct tcp_pcb *pcb, uint8_t opt, int on) {
+    if (on) ip_set_option(pcb, opt); else ip_reset_option(pcb, opt);
+}
+static inline int cstack_tcp_get_option(const struct tcp_pcb *pcb, uint8_t opt) { return ip_get_option(pcb, opt) != 0; }
+static inline uint32_t cstack_tcp_keep_idle(const struct tcp_pcb *pcb) { return pcb->keep_idle; }
+static inline void cstack_tcp_set_keep_idle(struct tcp_pcb *pcb, uint32_t ms) { pcb->keep_idle = ms; }
+static inline uint32_t cstack_tcp_keep_intvl(const struct tcp_pcb *pcb) { return pcb->keep_intvl; }
+static inline void cstack_tcp_set_keep_intvl(struct tcp_pcb *pcb, uint32_t ms) { pcb->keep_intvl = ms; }
+static inline uint32_t cstack_tcp_keep_cnt(const struct tcp_pcb *pcb) { return pcb->keep_cnt; }
+static inline void cstack_tcp_set_keep_cnt(struct tcp_pcb *pcb, uint32_t n) { pcb->keep_cnt = n; }
+/// Fills a Linux `struct tcp_info` (up to len bytes) with what lwIP knows; returns bytes written.
+size_t cstack_tcp_info(const struct tcp_pcb *pcb, void *out, size_t len);
+/// tcp_listen_with_backlog_and_err; on success the original pcb is freed and the listener returned.
+struct tcp_pcb *cstack_tcp_listen(struct tcp_pcb *pcb, uint8_t backlog, err_t *err);
+
 /// A send buffer of `size` bytes with room for the UDP/IP/link headers in front (PBUF_TRANSPORT,
 /// PBUF_RAM): a single pbuf for any size up to 65535.
 struct pbuf *cstack_pbuf_alloc_transport(uint16_t size);

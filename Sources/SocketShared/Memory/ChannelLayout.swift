@@ -82,6 +82,12 @@ public struct ChannelView {
     public func setPendingAccepts(_ n: UInt32) { cshims_store_release_u32(base + Int(CSHIMS_CHANNEL_PENDING_ACCEPTS), n) }
     public var appState: UInt32 { cshims_load_acquire_u32(base + Int(CSHIMS_CHANNEL_APP_STATE)) }
     public func setAppState(_ bits: UInt32) { _ = cshims_fetch_or_u32(base + Int(CSHIMS_CHANNEL_APP_STATE), bits) }
+    public var stackWants: UInt32 { cshims_load_acquire_u32(base + Int(CSHIMS_CHANNEL_STACK_WANTS)) }
+    public func setStackWants(_ bits: UInt32) { _ = cshims_fetch_or_u32(base + Int(CSHIMS_CHANNEL_STACK_WANTS), bits) }
+    /// Clears `bits`; returns the bits that were set before.
+    public func takeStackWants(_ bits: UInt32) -> UInt32 {
+        cshims_fetch_and_u32(base + Int(CSHIMS_CHANNEL_STACK_WANTS), ~bits) & bits
+    }
 
     public func streamProducer(receive: Bool, capacity: Int) -> StreamRingProducer {
         StreamRingProducer(header: base + (receive ? layout.receiveRing : layout.sendRing),

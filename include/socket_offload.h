@@ -1,0 +1,58 @@
+/*
+ * socket_offload.h — the SocketClient library's BSD-style calls, for C programs.
+ *
+ * Each function is shaped like the libc call of the same name without the "sko_" prefix: the same
+ * arguments, flags and option constants (from <sys/socket.h>, <netinet/in.h>), returning -1 and
+ * setting errno on failure. Descriptors returned by sko_socket/sko_accept are eventfds: poll,
+ * select and epoll work on them (readable: data, EOF, error, or a connection to accept; writable:
+ * room in the send ring). Close them with sko_close, never with close(2).
+ *
+ * The server is found at the path given to sko_configure, else $SOCKET_SERVER_PATH, else
+ * $XDG_RUNTIME_DIR/socket-server.sock, else /tmp/socket-server-UID.sock. When the server is gone,
+ * calls fail with ENETDOWN.
+ *
+ * Link: the dynamic library product SocketClientDynamic (libSocketClientDynamic.so), e.g.
+ *   swift build -c release --product SocketClientDynamic
+ *   cc app.c -Iinclude -L.build/release -lSocketClientDynamic -Wl,-rpath,.build/release
+ */
+#ifndef SOCKET_OFFLOAD_H
+#define SOCKET_OFFLOAD_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* transport: 0 auto, 1 process-vm, 2 shared-memory. path NULL: the default. Before the first socket. */
+int sko_configure(const char *path, int transport);
+
+int sko_socket(int domain, int type, int protocol);
+int sko_bind(int fd, const struct sockaddr *addr, socklen_t len);
+int sko_connect(int fd, const struct sockaddr *addr, socklen_t len);
+int sko_listen(int fd, int backlog);
+int sko_accept(int fd, struct sockaddr *addr, socklen_t *len);
+int sko_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+ssize_t sko_send(int fd, const void *buf, size_t len, int flags);
+ssize_t sko_sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *addr, socklen_t alen);
+ssize_t sko_sendmsg(int fd, const struct msghdr *msg, int flags);
+ssize_t sko_write(int fd, const void *buf, size_t len);
+ssize_t sko_recv(int fd, void *buf, size_t len, int flags);
+ssize_t sko_recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *addr, socklen_t *alen);
+ssize_t sko_recvmsg(int fd, struct msghdr *msg, int flags);
+ssize_t sko_read(int fd, void *buf, size_t len);
+int sko_getsockname(int fd, struct sockaddr *addr, socklen_t *len);
+int sko_getpeername(int fd, struct sockaddr *addr, socklen_t *len);
+int sko_getsockopt(int fd, int level, int name, void *value, socklen_t *len);
+int sko_setsockopt(int fd, int level, int name, const void *value, socklen_t len);
+int sko_ioctl(int fd, unsigned long request, int *arg);   /* FIONREAD, FIONBIO */
+int sko_fcntl(int fd, int cmd, int arg);                   /* F_GETFL, F_SETFL (O_NONBLOCK), F_GETFD */
+int sko_shutdown(int fd, int how);
+int sko_close(int fd);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
