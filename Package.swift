@@ -12,10 +12,12 @@ let package = Package(
         .library(name: "SocketShared", targets: ["SocketShared"]),
         .library(name: "SocketServer", targets: ["SocketServer"]),
         .executable(name: "socket-server", targets: ["socket-server"]),
+        .executable(name: "socket-bench", targets: ["socket-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C: syscalls Swift can't express well and the shared-memory layout with _Atomic fields.
@@ -49,6 +51,15 @@ let package = Package(
                 "SocketServer", "SocketShared",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The benchmark: every workload over the kernel's sockets and over the stack.
+        .executableTarget(
+            name: "socket-bench",
+            dependencies: [
+                "SocketClient", "SocketShared", "CShims",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
         // The client library applications link.
