@@ -1,5 +1,6 @@
 #include "CStack.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <numa.h>
 #include <pthread.h>
@@ -70,6 +71,22 @@ void cstack_ip_set_any(ip_addr_t *out, int family) {
 #define CSTACK_MAX_LOOPBACKS 16
 static struct netif cstack_loopbacks[CSTACK_MAX_LOOPBACKS];
 static int cstack_loopback_count;
+
+static int cstack_loopback_capture = -1;
+void cstack_loopback_set_capture(int interface_id) { cstack_loopback_capture = interface_id; }
+
+// Every packet to one of the stack's own addresses (on any netif) goes through netif_loop_output,
+// called by lwIP's IP output code before any netif output function. To capture those packets we
+// interpose on the symbol: liblwip.so calls it through its PLT, so this definition in the
+// executable wins, records the packet (raw IP) and forwards to lwIP's own.
+typedef err_t (*cstack_loop_output_fn)(struct netif *, struct pbuf *);
+
+err_t netif_loop_output(struct netif *netif, struct pbuf *p) {
+    static cstack_loop_output_fn real;
+    if (real == NULL) real = (cstack_loop_output_fn)dlsym(RTLD_NEXT, "netif_loop_output");
+    if (cstack_loopback_capture >= 0) cstack_capture_ip_packet(cstack_loopback_capture, p);
+    return real(netif, p);
+}
 
 static err_t cstack_loop_output4(struct netif *netif, struct pbuf *p, const ip4_addr_t *addr) {
     (void)addr;

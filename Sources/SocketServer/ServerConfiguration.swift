@@ -23,6 +23,10 @@ public struct ServerConfiguration: Sendable {
     public var datagramSlotSize: Int = 2048
     /// Stream channels: bytes per ring (each direction).
     public var streamRingSize: Int = 128 << 10
+    /// TAP interfaces to attach (real Ethernet to the kernel and beyond).
+    public var taps: [TAPConfiguration] = []
+    /// Write every packet the stack sends and receives to this pcapng file.
+    public var capturePath: String?
     /// Pin the stack thread to this CPU.
     public var cpu: Int?
     /// Place client segments on this NUMA node (default: the node of the stack thread's CPU).
@@ -57,5 +61,7 @@ public struct ServerConfiguration: Sendable {
         guard streamRingSize >= 4096, streamRingSize <= 1 << 30 else { throw ServerError("--stream-ring-size must be between 4 KiB and 1 GiB") }
         guard maxClients >= 1, maxSocketsPerClient >= 1 else { throw ServerError("limits must be at least 1") }
         guard Array(socketPath.utf8).count < 108 else { throw ServerError("--socket-path is longer than 107 bytes") }
+        for tap in taps { try tap.validate() }
+        guard Set(taps.map(\.name)).count == taps.count else { throw ServerError("each --tap device may be named once") }
     }
 }

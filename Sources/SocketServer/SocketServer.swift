@@ -24,9 +24,12 @@ public final class SocketServer {
     private var numaNode: Int32 = -1
     private var processVMPermitted = true
     private var running = false
+    private var taps: [TAPInterface] = []
 
     private static let listenerToken: UInt64 = 1
     private static let signalToken: UInt64 = 2
+    /// TAP devices: tapToken + index.
+    private static let tapToken: UInt64 = 16
 
     /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread, so that threads started afterwards
     /// (lwIP's) inherit the mask and the signals arrive only through the server's signalfd; ignores
@@ -60,8 +63,16 @@ public final class SocketServer {
             processVMPermitted = false
         }
         if let scope = ProcessMemory.yamaPtraceScope, scope >= 2 { processVMPermitted = false }
+        if let path = configuration.capturePath { try PacketCapture.open(path) }
         Stack.start()
         try Stack.addLoopback(configuration.addresses, mtu: configuration.loopbackMTU)
+        for (i, tapConfiguration) in configuration.taps.enumerated() {
+            let captureID = configuration.capturePath == nil ? -1 : PacketCapture.ethernetInterface()
+            let tap = try TAPInterface(tapConfiguration, captureID: captureID)
+            try loop.add(tap.fd, token: Self.tapToken + UInt64(i))
+            taps.append(tap)
+            logger.info("TAP \(tap.deviceName): \(tapConfiguration.addresses.map(\.description).joined(separator: ", ")) mac \(tapConfiguration.effectiveMAC.map { String($0, radix: 16) }.joined(separator: ":"))")
+        }
         try bindListener()
         signalFD = cstack_termination_signalfd()
         if signalFD >= 0 { try loop.add(signalFD, token: Self.signalToken) }
@@ -142,6 +153,8 @@ public final class SocketServer {
                 logger.info("signal \(signal): shutting down")
                 running = false
             }
+        case Self.tapToken..<(Self.tapToken + UInt64(taps.count)):
+            taps[Int(token - Self.tapToken)].receive()
         default:
             guard let session = sessions[token >> 32], !session.isClosed else { return }
             let handle = UInt32(truncatingIfNeeded: token)
@@ -200,6 +213,7 @@ public final class SocketServer {
         close(listenFD)
         listenFD = -1
         unlink(configuration.socketPath)
+        PacketCapture.close()
         logger.info("stopped")
     }
 

@@ -15,9 +15,72 @@ struct SocketServerCommand: ParsableCommand {
         the stack with no privileges. SIGINT, SIGTERM or SIGHUP stop the server cleanly: every client's \
         sockets are closed and the socket file is removed.
 
+        A TAP interface (--tap NAME) puts the stack on a real Ethernet link to the kernel: the options \
+        --address, --gateway, --mac and --mtu that FOLLOW a --tap configure that interface, e.g. \
+        `--tap tap0 --address 10.0.0.2/24 --address fd00::2/64 --gateway 10.0.0.1`; --address before any \
+        --tap configures the loopback network. The TAP device is created if missing (needs CAP_NET_ADMIN) \
+        or attached to if it exists (e.g. made for your user with `ip tuntap add dev tap0 mode tap user $USER`). \
+        The last TAP given becomes the default route.
+
         Exit status: 0 after a clean stop, 1 when the server cannot start (the reason is printed).
         """
     )
+
+    /// Rewrites `--tap NAME --address A --gateway G ...` into indexed options ArgumentParser can parse:
+    /// options that follow a `--tap` belong to it.
+    static func regroup(_ arguments: [String]) -> [String] {
+        var out: [String] = []
+        var tap = -1
+        var i = 0
+        let perTap = ["--address": "--tap-address", "--gateway": "--tap-gateway", "--mac": "--tap-mac", "--mtu": "--tap-mtu"]
+        while i < arguments.count {
+            var arg = arguments[i]
+            var value: String?
+            if let eq = arg.firstIndex(of: "="), arg.hasPrefix("--") {
+                value = String(arg[arg.index(after: eq)...])
+                arg = String(arg[..<eq])
+            }
+            if arg == "--tap" { tap += 1 }
+            if tap >= 0, let renamed = perTap[arg] {
+                let v = value ?? (i + 1 < arguments.count ? arguments[i + 1] : "")
+                if value == nil { i += 1 }
+                out += [renamed, "\(tap)=\(v)"]
+            } else {
+                out.append(arguments[i])
+            }
+            i += 1
+        }
+        return out
+    }
+
+    static func main() {
+        do {
+            var command = try parseAsRoot(regroup(Array(CommandLine.arguments.dropFirst())))
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    @Option(help: ArgumentHelp("Attach the stack to this TAP device (repeatable; see the discussion for its options).", valueName: "name"))
+    var tap: [String] = []
+
+    @Option(name: .customLong("gateway"), help: ArgumentHelp("After --tap: IPv4 default gateway of that interface.", valueName: "ip"))
+    var gatewayPlaceholder: String?
+
+    @Option(name: .customLong("mac"), help: ArgumentHelp("After --tap: its MAC address (default: 02:... derived from the name).", valueName: "mac"))
+    var macPlaceholder: String?
+
+    @Option(name: .customLong("mtu"), help: ArgumentHelp("After --tap: its MTU (default 1500).", valueName: "bytes"))
+    var mtuPlaceholder: Int?
+
+    @Option(name: .customLong("tap-address"), help: .hidden) var tapAddress: [String] = []
+    @Option(name: .customLong("tap-gateway"), help: .hidden) var tapGateway: [String] = []
+    @Option(name: .customLong("tap-mac"), help: .hidden) var tapMAC: [String] = []
+    @Option(name: .customLong("tap-mtu"), help: .hidden) var tapMTU: [String] = []
+
+    @Option(help: ArgumentHelp("Write every packet the stack sends and receives, on every interface, to this pcapng file (tcpdump -r / tshark -r read it).", valueName: "file"))
+    var capture: String?
 
     @Option(name: .long, help: ArgumentHelp("Path of the server's socket.", discussion: "Default: $SOCKET_SERVER_PATH, else $XDG_RUNTIME_DIR/socket-server.sock, else /tmp/socket-server-UID.sock. A stale file left by a crashed server is replaced; a live server is never taken over.", valueName: "path"))
     var socketPath: String?
@@ -61,7 +124,45 @@ struct SocketServerCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error, critical.", valueName: "level"))
     var logLevel: String = "info"
 
+    /// The TAP configurations from the regrouped options.
+    func tapConfigurations() throws -> [TAPConfiguration] {
+        var taps = tap.map { TAPConfiguration(name: $0) }
+        func split(_ entry: String) throws -> (Int, String) {
+            let parts = entry.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, let i = Int(parts[0]), taps.indices.contains(i) else { throw ValidationError("bad TAP option \(entry)") }
+            return (i, String(parts[1]))
+        }
+        for e in tapAddress {
+            let (i, v) = try split(e)
+            guard let a = InterfaceAddress(cidr: v) else { throw ValidationError("--address \(v) is not an IPv4 or IPv6 CIDR") }
+            taps[i].addresses.append(a)
+        }
+        for e in tapGateway {
+            let (i, v) = try split(e)
+            guard let g = SocketAddress(host: v, port: 0), g.family == .inet else { throw ValidationError("--gateway \(v) is not an IPv4 address") }
+            taps[i].gateway = g
+        }
+        for e in tapMAC {
+            let (i, v) = try split(e)
+            let bytes = v.split(separator: ":").compactMap { UInt8($0, radix: 16) }
+            guard bytes.count == 6 else { throw ValidationError("--mac \(v) is not a MAC address") }
+            taps[i].mac = bytes
+        }
+        for e in tapMTU {
+            let (i, v) = try split(e)
+            guard let m = Int(v) else { throw ValidationError("--mtu \(v) is not a number") }
+            taps[i].mtu = m
+        }
+        return taps
+    }
+
     func validate() throws {
+        if gatewayPlaceholder != nil || macPlaceholder != nil || mtuPlaceholder != nil {
+            throw ValidationError("--gateway, --mac and --mtu configure a TAP interface: put them after its --tap NAME")
+        }
+        for t in try tapConfigurations() {
+            do { try t.validate() } catch { throw ValidationError(error.description) }
+        }
         guard DatagramTransport(name: datagramTransport) != nil else {
             throw ValidationError("--datagram-transport must be auto, process-vm or shared-memory")
         }
@@ -92,6 +193,8 @@ struct SocketServerCommand: ParsableCommand {
         config.datagramSlotSize = datagramSlotSize
         config.streamRingSize = parseSize(streamRingSize)!
         config.loopbackMTU = UInt16(loopbackMTU)
+        config.taps = try tapConfigurations()
+        config.capturePath = capture
         config.cpu = cpu
         config.numaNode = numaNode
         config.allowAnyUID = allowUID.contains("any")

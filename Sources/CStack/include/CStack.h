@@ -111,6 +111,31 @@ int cstack_termination_signalfd(void);
 /// Reads one signal from the signalfd: its number, 0 when none is pending, -1 on error.
 int cstack_read_signal(int fd);
 
+// MARK: TAP interfaces
+
+/// Opens (creating if needed) the TAP device `name` ("" lets the kernel choose), non-blocking, no
+/// packet info; writes the device's name into `actual`. Returns the fd or -1 (errno set).
+int cstack_tap_open(const char *name, char *actual, size_t actual_len);
+/// Adds an Ethernet netif over the TAP fd (ARP, IPv6 link-local + ND). ip4/mask4/gw4 may be NULL.
+struct netif *cstack_tap_add(int fd, const uint8_t *mac, uint16_t mtu, const uint8_t *ip4, const uint8_t *mask4,
+                             const uint8_t *gw4, int capture_id);
+/// Reads up to `max_frames` frames from the TAP and hands them to lwIP (call under the core lock).
+int cstack_tap_input(struct netif *netif, int max_frames);
+void cstack_set_default_netif(struct netif *netif);
+
+// MARK: capture (pcapng)
+
+int cstack_capture_open(const char *path);
+/// Describes an interface (LINKTYPE_ETHERNET 1 for all, so tcpdump reads the file); returns its id.
+int cstack_capture_interface(uint16_t linktype);
+/// Records an Ethernet frame.
+void cstack_capture_packet(int interface_id, const struct pbuf *p);
+/// Records an IP packet behind a synthetic Ethernet header (zero MACs).
+void cstack_capture_ip_packet(int interface_id, const struct pbuf *p);
+void cstack_capture_close(void);
+/// The capture id used for packets on the loopback interfaces (-1: not captured).
+void cstack_loopback_set_capture(int interface_id);
+
 // MARK: libnuma
 
 /// NUMA node of the calling thread's CPU, or -1 when libnuma reports no NUMA support.
