@@ -240,3 +240,19 @@ size_t cstack_tcp_info(const struct tcp_pcb *pcb, void *out, size_t len) {
 struct tcp_pcb *cstack_tcp_listen(struct tcp_pcb *pcb, uint8_t backlog, err_t *err) {
     return tcp_listen_with_backlog_and_err(pcb, backlog, err);
 }
+
+uint16_t cstack_tcp_raise_local_mss(struct tcp_pcb *pcb, uint16_t mss) {
+    // Only when the peer is one of our own addresses: such packets go through netif_loop_output
+    // and are never fragmented or put on a wire.
+    struct netif *netif;
+    int local = 0;
+    NETIF_FOREACH(netif) {
+        if (IP_IS_V4(&pcb->remote_ip) ? ip4_addr_cmp(ip_2_ip4(&pcb->remote_ip), netif_ip4_addr(netif))
+                                      : netif_get_ip6_addr_match(netif, ip_2_ip6(&pcb->remote_ip)) >= 0) {
+            local = 1;
+            break;
+        }
+    }
+    if (local && mss > pcb->mss) pcb->mss = mss;
+    return pcb->mss;
+}

@@ -199,7 +199,9 @@ final class Session {
         let layout = ChannelLayout(info)
         guard let offset = allocator.allocate(layout.size) else { return .failure(Errno(ENOBUFS)) }
         info.offset = UInt64(offset)
-        memset(segment.base + offset, 0, layout.size)
+        // Zero the headers and descriptor items; ring and slot bytes need not be (the client wrote
+        // whatever is there, and each side only ever reads bytes its peer published).
+        memset(segment.base + offset, 0, layout.receiveData + (info.kind == .datagram ? layout.receiveSlots - layout.receiveData : 0))
         do {
             let view = try ChannelView(segment: segment, offset: offset, layout: layout)
             let appEvent = try EventFD()

@@ -216,6 +216,7 @@ struct WorkerCommand: ParsableCommand {
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
+        alarm(180) // a workload that hangs is killed (SIGALRM) and reported, never waited on forever
         let calls: SocketCalls = api == "stack" ? .stack : .kernel
         if api == "stack" {
             try Socket.configure(serverPath: socketPath, transport: transport.flatMap { DatagramTransport(name: $0) } ?? .auto)

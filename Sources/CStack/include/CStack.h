@@ -75,6 +75,10 @@ static inline uint32_t cstack_tcp_sndqueuelen(const struct tcp_pcb *pcb) { retur
 static inline uint32_t cstack_tcp_sndqueuelen_max(void) { return TCP_SND_QUEUELEN; }
 static inline uint32_t cstack_tcp_window(void) { return TCP_WND; }
 static inline uint16_t cstack_tcp_mss(const struct tcp_pcb *pcb) { return tcp_mss(pcb); }
+/// Raises the segment size of a connection whose both ends are the stack's own addresses (packets
+/// never leave the process, so the 1460-byte TCP_MSS compiled into Debian's lwIP is not a limit
+/// there). Returns the MSS in force.
+uint16_t cstack_tcp_raise_local_mss(struct tcp_pcb *pcb, uint16_t mss);
 /// Sends an ACK with the next output (quick ACK), as Linux does on loopback.
 static inline void cstack_tcp_ack_now(struct tcp_pcb *pcb) { tcp_set_flags(pcb, TF_ACK_NOW); }
 static inline void cstack_tcp_set_nodelay(struct tcp_pcb *pcb, int on) {
