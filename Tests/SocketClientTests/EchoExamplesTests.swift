@@ -41,6 +41,8 @@ struct EchoExamplesTests {
         // The largest IPv4 UDP payload: 33 payload buffers per datagram on each ring.
         Run(host: "127.0.0.1", port: 7107, count: 300, size: 65_507, clientTransport: "process-vm", expected: "process-vm"),
         Run(host: "127.0.0.1", port: 7108, count: 300, size: 65_507, clientTransport: "shared-memory", expected: "shared-memory"),
+        // The largest the stack carries over IPv6 (65,535 - 40 - 8; see DatagramSocket.maximumIPv6Payload).
+        Run(host: "::1", port: 7111, count: 300, size: 65_487, clientTransport: "process-vm", expected: "process-vm"),
         // 16 datagrams in flight at once.
         Run(host: "127.0.0.1", port: 7109, count: 10_000, window: 16, clientTransport: "process-vm", expected: "process-vm"),
         Run(host: "::1", port: 7110, count: 10_000, window: 16, clientTransport: "shared-memory", expected: "shared-memory"),
