@@ -56,7 +56,9 @@ struct EchoExamplesTests {
         defer { echo.stop() }
 
         var arguments = [run.host, String(run.port), "--count", String(run.count), "--size", String(run.size),
-                         "--window", String(run.window), "--socket-path", server.socketPath]
+                         "--window", String(run.window), "--socket-path", server.socketPath,
+                         // Not a timing assertion: an echo is "lost" only after 10 s (default 1 s).
+                         "--timeout", "10000"]
         if let t = run.clientTransport { arguments += ["--transport", t] }
         let client = try ChildProcess("udp-echo-client", arguments, stderrPath: server.socketPath + ".client-stderr")
         defer { unlink(server.socketPath + ".client-stderr") }

@@ -72,7 +72,7 @@ struct FailureTests {
         #expect(server.process.isAlive)
 
         // The client that was there all along still works.
-        let client = try ChildProcess("udp-echo-client", ["127.0.0.1", "7401", "--count", "200", "--socket-path", server.socketPath])
+        let client = try ChildProcess("udp-echo-client", ["127.0.0.1", "7401", "--count", "200", "--timeout", "10000", "--socket-path", server.socketPath])
         let (status, output) = client.finish(timeout: 30)
         #expect(status == .exited(0), "udp-echo-client after the kill: \(client.diagnostics)")
         #expect(output.last.map { fields($0)["received"] } == "200")
