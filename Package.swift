@@ -98,5 +98,18 @@ let package = Package(
             name: "SocketSharedTests",
             dependencies: ["SocketShared", "CShims"]
         ),
+
+        // The client peer of the UDP integration tests: a second SocketClient process the tests
+        // can kill, block, or run as another user.
+        .executableTarget(
+            name: "client-peer",
+            dependencies: ["SocketClient", "SocketShared", "CShims"],
+            path: "Tests/client-peer"
+        ),
+        // Integration tests against the real socket-server, echo examples and client-peer binaries.
+        .testTarget(
+            name: "SocketClientTests",
+            dependencies: ["SocketClient", "SocketShared", "CShims"]
+        ),
     ]
 )

@@ -25,6 +25,11 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
     private let peer = Mutex<SocketAddress?>(nil)
 
     static let maximumPayload = 65_507
+    /// lwIP's packet lengths are 16-bit, so an IPv6 packet (40-byte header, 8-byte UDP header and
+    /// the payload) must fit in 65,535 bytes: the stack cannot carry more than 65,487 bytes of UDP
+    /// payload over IPv6 (Linux carries 65,527). Larger sends fail here with EMSGSIZE instead of
+    /// being accepted and then dropped by the server's udp_sendto (ERR_BUF).
+    static let maximumIPv6Payload = 65_535 - 40 - 8
 
     override init(connection: ServerConnection, info: ChannelInfo, domain: Int32, type: Int32, fd: Int32, stackFD: Int32) throws(Errno) {
         guard info.kind == .datagram, info.receiveSize > 0, info.sendSize > 0, info.slotSize > 0 else { throw Errno(EPROTO) }
@@ -119,7 +124,7 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
 
     override func send(_ buffers: [UnsafeRawBufferPointer], to address: SocketAddress?, flags: Int32) throws(Errno) -> Int {
         let length = buffers.reduce(0) { $0 + $1.count }
-        guard length <= Self.maximumPayload else { throw Errno(EMSGSIZE) }
+        guard length <= (domain == AF_INET6 ? Self.maximumIPv6Payload : Self.maximumPayload) else { throw Errno(EMSGSIZE) }
         let destination: SocketAddress
         if let address, address.family != .unspecified {
             guard address.isValid else { throw Errno(EINVAL) }

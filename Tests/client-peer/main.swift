@@ -1,0 +1,124 @@
+// client-peer: a second SocketClient process for the SocketClientTests failure tests: one the test
+// can SIGKILL while it holds sockets, leave blocked in recvfrom while the server dies, or run as
+// another user. Each mode prints what the test checks, one "key=value ..." line at a time, and
+// exits 0 when it ran to the end (a failure to even get there is exit status 2 with "error: ...").
+//
+// Usage: client-peer MODE --socket-path PATH [--transport auto|process-vm|shared-memory] [--uid UID] [ARGS]
+//   hold-sockets N     open and bind N UDP sockets to 127.0.0.1:0, print "ready", then sleep until killed
+//   blocked-recv PORT  bind 127.0.0.1:PORT, print "ready", block in recvfrom; when it returns print
+//                      "recv=RESULT errno=N", then try sko_socket and print "socket=FD errno=N"
+//   round-trip PORT    socket (printing "socket-errno=N" and exiting 0 if that fails), bind
+//                      127.0.0.1:PORT, send a datagram to itself, receive it, print
+//                      "round-trip=ok transport=T" (or "round-trip=failed ...")
+//   --uid UID          drop to that uid (and gid) first; needs root
+import CShims
+import SocketClient
+import SocketShared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func fail(_ message: String) -> Never {
+    print("error: \(message)")
+    fflush(nil)
+    exit(2)
+}
+
+func say(_ line: String) {
+    print(line)
+    fflush(nil)
+}
+
+var args = Array(CommandLine.arguments.dropFirst())
+guard !args.isEmpty else { fail("usage: client-peer MODE --socket-path PATH [--transport T] [--uid UID] [ARGS]") }
+let mode = args.removeFirst()
+
+@MainActor func option(_ name: String) -> String? {
+    guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
+    let value = args[i + 1]
+    args.removeSubrange(i...(i + 1))
+    return value
+}
+
+guard let socketPath = option("--socket-path") else { fail("--socket-path is required") }
+let transportName = option("--transport") ?? "auto"
+guard let transport = DatagramTransport(name: transportName) else { fail("bad --transport \(transportName)") }
+if let uidText = option("--uid") {
+    guard let uid = UInt32(uidText) else { fail("bad --uid \(uidText)") }
+    guard setgroups(0, nil) == 0, setgid(uid) == 0, setuid(uid) == 0 else { fail("cannot become uid \(uid): \(Errno.current)") }
+}
+
+// A dead server must show up as an errno, never as SIGPIPE: do NOT ignore SIGPIPE here (the library
+// must not need the application's help; the test checks we exit normally).
+do {
+    try Socket.configure(serverPath: socketPath, transport: transport)
+} catch {
+    fail("configure: \(error)")
+}
+
+func loopback(_ port: UInt16) -> sockaddr_in {
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_port = port.bigEndian
+    a.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    return a
+}
+
+func bind(_ fd: Int32, _ port: UInt16) -> Int32 {
+    var a = loopback(port)
+    return withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sko_bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+}
+
+switch mode {
+case "hold-sockets":
+    guard let n = args.first.flatMap({ Int($0) }) else { fail("hold-sockets N") }
+    var fds: [Int32] = []
+    for i in 0..<n {
+        let fd = sko_socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { fail("socket \(i): \(Errno.current)") }
+        guard bind(fd, 0) == 0 else { fail("bind \(i): \(Errno.current)") }
+        fds.append(fd)
+    }
+    say("ready sockets=\(fds.count)")
+    while true { pause() }
+
+case "blocked-recv":
+    guard let port = args.first.flatMap({ UInt16($0) }) else { fail("blocked-recv PORT") }
+    let fd = sko_socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    guard fd >= 0 else { fail("socket: \(Errno.current)") }
+    guard bind(fd, port) == 0 else { fail("bind: \(Errno.current)") }
+    say("ready")
+    var buffer = [UInt8](repeating: 0, count: 2048)
+    let n = sko_recvfrom(fd, &buffer, buffer.count, 0, nil, nil)
+    say("recv=\(n) errno=\(n < 0 ? errno : 0)")
+    let again = sko_socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    say("socket=\(again) errno=\(again < 0 ? errno : 0)")
+    exit(0)
+
+case "round-trip":
+    guard let port = args.first.flatMap({ UInt16($0) }) else { fail("round-trip PORT") }
+    let fd = sko_socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    guard fd >= 0 else {
+        say("socket-errno=\(errno)")
+        exit(0)
+    }
+    guard bind(fd, port) == 0 else { fail("bind: \(Errno.current)") }
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    guard sko_setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size)) == 0 else { fail("SO_RCVTIMEO: \(Errno.current)") }
+    let message = Array("round trip from pid \(getpid())".utf8)
+    var to = loopback(port)
+    let sent = withUnsafePointer(to: &to) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sko_sendto(fd, message, message.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard sent == message.count else { say("round-trip=failed send=\(sent) errno=\(errno)"); exit(0) }
+    var buffer = [UInt8](repeating: 0, count: 2048)
+    let n = sko_recv(fd, &buffer, buffer.count, 0)
+    guard n == message.count, Array(buffer[..<n]) == message else { say("round-trip=failed recv=\(n) errno=\(n < 0 ? errno : 0)"); exit(0) }
+    let t = (try? Socket.datagramTransport()).map { "\($0)" } ?? "?"
+    say("round-trip=ok transport=\(t)")
+    _ = sko_close(fd)
+    exit(0)
+
+default:
+    fail("unknown mode \(mode)")
+}
