@@ -87,5 +87,9 @@ let package = Package(
             name: "SocketSharedTests",
             dependencies: ["SocketShared", "CShims"]
         ),
+
+        // Process helpers for tests (spawn and reap helper programs, a socket server per test, /proc
+        // readings); any test target may depend on it.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
     ]
 )
