@@ -98,5 +98,9 @@ let package = Package(
             dependencies: ["SocketClient", "SocketShared", "CShims"],
             path: "Tests/tcp-peer"
         ),
+        .testTarget(
+            name: "SocketTCPTests",
+            dependencies: ["SocketClient", "SocketShared", "CShims", "TestSupport"]
+        ),
     ]
 )
