@@ -263,8 +263,11 @@ final class TCPSocket: ServerSocket {
         role = .connected
         if let pcb { attachConnectionCallbacks(pcb) }
         view.setEvents(CSHIMS_EV_CONNECTED)
-        toApp.notify()
-        gate.release()
+        // The app learns of the connection from POLLOUT (the gate, blocked since its connect). A
+        // fresh connection has nothing to read, so no wake-up and no spare count: either would
+        // leave the descriptor readable, and a poll(POLLIN) then a blocking recv would block.
+        // Keep a count only for a signal the app has not taken in yet.
+        gate.release(keepReadable: toApp.isPending)
         pumpSend()
     }
 
