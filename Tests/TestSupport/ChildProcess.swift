@@ -32,7 +32,9 @@ public final class ChildProcess: @unchecked Sendable {
     /// - Parameters:
     ///   - executable: an absolute path (see `TestBinaries.path(_:)`).
     ///   - name: used in the log file name and messages (default: the executable's last component).
-    public init(_ executable: String, _ arguments: [String], name: String? = nil) throws(TestSupportError) {
+    ///   - orphanFiles: files (paths without spaces) the supervisor removes, with the log, if the test
+    ///     process dies first, e.g. a server's socket file. Normally the test removes them itself.
+    public init(_ executable: String, _ arguments: [String], name: String? = nil, orphanFiles: [String] = []) throws(TestSupportError) {
         let name = name ?? String(executable.split(separator: "/").last ?? "child")
         self.name = name
         logPath = TestNames.uniquePath(name, suffix: "log")
@@ -55,15 +57,18 @@ public final class ChildProcess: @unchecked Sendable {
         defer { close(log) }
 
         // The supervisor: starts the program, reports its pid on fd 4, waits for it and exits with its
-        // status; a subshell waits for EOF on the tether (fd 3) and then kills the program.
-        // (Asynchronous lists get /dev/null as stdin unless redirected, hence the explicit fd 3.)
+        // status; a subshell waits for EOF on the tether (fd 3) and then removes the orphan files and
+        // kills the program. (Asynchronous lists get /dev/null as stdin unless redirected, hence the
+        // explicit fd 3.) $1 is the space-separated list of files, the rest the command.
         let script = """
+            files=$1
+            shift
             exec 3<&0 </dev/null
             "$@" 3<&- 4>&- &
             c=$!
             echo "$c" >&4
             exec 4>&-
-            ( read -r _ <&3; kill -9 "$c" 2>/dev/null ) &
+            ( read -r _ <&3; rm -f -- $files; kill -9 "$c" 2>/dev/null ) &
             w=$!
             exec 3<&-
             wait "$c"
@@ -94,7 +99,8 @@ public final class ChildProcess: @unchecked Sendable {
         for sig in [SIGPIPE, SIGCHLD, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM] { sigaddset(&defaults, sig) }
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = (["/bin/sh", "-c", script, "sh", executable] + arguments).map { strdup($0) } + [nil]
+        let files = ([logPath] + orphanFiles).filter { !$0.contains(" ") }.joined(separator: " ")
+        let argv = (["/bin/sh", "-c", script, "sh", files, executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var shell: pid_t = 0
         let rc = posix_spawn(&shell, "/bin/sh", &actions, &attributes, argv, environ)

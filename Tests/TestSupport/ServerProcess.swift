@@ -21,7 +21,7 @@ public final class ServerProcess: @unchecked Sendable {
     public init(tag: String, arguments: [String] = [], timeout: Double = 30) throws(TestSupportError) {
         socketPath = TestNames.uniquePath(tag, suffix: "sock")
         process = try ChildProcess(TestBinaries.path("socket-server"), ["--socket-path", socketPath] + arguments,
-                                   name: "socket-server-\(tag)")
+                                   name: "socket-server-\(tag)", orphanFiles: [socketPath])
         let ready = waitUntil(timeout: timeout) {
             !process.isRunning || (process.logTail(maxBytes: 1 << 16).contains("listening on") && access(socketPath, F_OK) == 0)
         }
