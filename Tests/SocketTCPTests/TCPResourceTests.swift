@@ -89,6 +89,7 @@ struct ClientDeath {
             return now.descriptors <= baseline.descriptors && now.segmentDescriptors <= baseline.segmentDescriptors
                 && now.segmentMappings == baseline.segmentMappings
         }
+        print("socket-server \(server.pid): before \(baseline); with 50 connections \(during); after the kill \(after)")
         #expect(released, "server still holds resources 10 s after the kill: \(after), before: \(baseline)")
     }
 }
