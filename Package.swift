@@ -111,5 +111,19 @@ let package = Package(
             name: "SocketClientTests",
             dependencies: ["SocketClient", "SocketShared", "CShims"]
         ),
+        // Process helpers for tests (spawn and reap helper programs, a socket server per test, /proc
+        // readings); any test target may depend on it.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        // TCP tests: the second client process, and the tests (in-process BSD calls, the examples,
+        // client death, a slow reader).
+        .executableTarget(
+            name: "tcp-peer",
+            dependencies: ["SocketClient", "SocketShared", "CShims"],
+            path: "Tests/tcp-peer"
+        ),
+        .testTarget(
+            name: "SocketTCPTests",
+            dependencies: ["SocketClient", "SocketShared", "CShims", "TestSupport"]
+        ),
     ]
 )

@@ -172,24 +172,26 @@ final class TCPSocket: ServerSocket {
     /// Opens the window by what the app has consumed, and asks the app to report progress when a
     /// quarter window (or more) is outstanding.
     private func updateWindow() {
-        guard let pcb, !failed else { return }
-        func report() {
-            guard let free = try? rx.freeSpace() else { return }
-            let consumed = rxWritten - UInt64(Int(rx.geometry.capacity) - free)
-            var delta = consumed - rxRecved
-            while delta > 0 {
-                let chunk = UInt16(min(delta, 0xFFFF))
-                tcp_recved(pcb, chunk)
-                rxRecved += UInt64(chunk)
-                delta -= UInt64(chunk)
-            }
-        }
-        report()
+        guard pcb != nil, !failed else { return }
+        reportConsumed()
         let outstanding = Int(rxWritten - rxRecved) + pendingBytes
         if outstanding >= Int(cstack_tcp_window()) / 4 || !pending.isEmpty {
             view.setStackWants(CSHIMS_WANTS_RX_PROGRESS)
             cshims_fence_seq_cst()
-            report() // the app may have consumed before it could see the flag
+            reportConsumed() // the app may have consumed before it could see the flag
+        }
+    }
+
+    /// Gives lwIP back (`tcp_recved`) the window for every byte the app has taken from the ring.
+    private func reportConsumed() {
+        guard let pcb, let free = try? rx.freeSpace() else { return }
+        let consumed = rxWritten - UInt64(Int(rx.geometry.capacity) - free)
+        var delta = consumed - rxRecved
+        while delta > 0 {
+            let chunk = UInt16(min(delta, 0xFFFF))
+            tcp_recved(pcb, chunk)
+            rxRecved += UInt64(chunk)
+            delta -= UInt64(chunk)
         }
     }
 
@@ -278,8 +280,11 @@ final class TCPSocket: ServerSocket {
             Self.tuneLocal(pcb)
         }
         view.setEvents(CSHIMS_EV_CONNECTED)
-        toApp.notify()
-        gate.release()
+        // The app learns of the connection from POLLOUT (the gate, blocked since its connect). A
+        // fresh connection has nothing to read, so no wake-up and no spare count: either would
+        // leave the descriptor readable, and a poll(POLLIN) then a blocking recv would block.
+        // Keep a count only for a signal the app has not taken in yet.
+        gate.release(keepReadable: toApp.isPending)
         pumpSend()
     }
 
@@ -518,6 +523,11 @@ final class TCPSocket: ServerSocket {
     /// Sends FIN after everything queued, and lets lwIP finish the close on its own.
     private func finishClose() {
         guard let pcb else { return }
+        // lwIP's tcp_close resets instead of sending FIN when the window is not fully open (it takes
+        // that as data the application never read). The app read everything (or closeByApp would
+        // have reset), but consumption below a quarter window is reported lazily: report it now.
+        // Bytes still in the ring (arrived after the close) stay unreported, so those still reset.
+        if !failed { reportConsumed() }
         detachCallbacks(pcb)
         if tcp_close(pcb) != errOK { tcp_abort(pcb) }
         self.pcb = nil

@@ -127,14 +127,17 @@ public struct WritabilityGate {
     }
 
     /// Either side: makes the descriptor writable again if it was blocked.
+    /// - Parameter keepReadable: write a count back (the default) so that anything pending stays
+    ///   visible. Pass false only when the caller knows there is nothing to read and no signal is
+    ///   outstanding (a notify that found the descriptor blocked is then already acknowledged).
     /// - Returns: true when this call released the block.
     @discardableResult
-    public func release() -> Bool {
+    public func release(keepReadable: Bool = true) -> Bool {
         cshims_fence_seq_cst()
         guard cshims_load_acquire_u32(blocked) != 0, cshims_cas_u32(blocked, 1, 0) else { return false }
         var value: UInt64 = 0
         _ = cshims_eventfd_read(fd, &value)
-        _ = cshims_eventfd_write(fd, 1)
+        if keepReadable { _ = cshims_eventfd_write(fd, 1) }
         return true
     }
 }

@@ -1,0 +1,86 @@
+import TestSupport
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The TCP echo examples against a real `socket-server` of their own: `tcp-echo-client` verifies
+/// every echoed byte and exits 0 only if all came back intact.
+@Suite
+struct TCPExamples {
+
+    /// A server and `tcp-echo-server` on `port`, ready (both listeners bound).
+    static func echoServer(_ tag: String, port: UInt16) throws -> (ServerProcess, ChildProcess) {
+        let server = try ServerProcess(tag: tag)
+        do {
+            let echo = try ChildProcess(TestBinaries.path("tcp-echo-server"),
+                                        ["--port", "\(port)", "--socket-path", server.socketPath], name: "tcp-echo-server-\(tag)")
+            var lines: [String] = []
+            for _ in 0..<2 {
+                guard let line = echo.waitForLine(containing: "listening on", timeout: 30) else {
+                    let log = echo.logTail()
+                    echo.terminate()
+                    throw TestSupportError("tcp-echo-server did not listen within 30 s (\(lines)):\n\(log)")
+                }
+                lines.append(line)
+            }
+            return (server, echo)
+        } catch {
+            server.stop()
+            throw error
+        }
+    }
+
+    /// Runs tcp-echo-client to the end (at most `timeout` seconds) and returns its result fields.
+    static func runClient(_ server: ServerProcess, _ arguments: [String], timeout: Double,
+                          sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: String] {
+        let client = try ChildProcess(TestBinaries.path("tcp-echo-client"), arguments + ["--socket-path", server.socketPath])
+        defer { client.terminate() }
+        let started = Deadline.now()
+        guard let result = client.wait(timeout: timeout) else {
+            Issue.record("tcp-echo-client \(arguments) did not finish within \(timeout) s", sourceLocation: sourceLocation)
+            return [:]
+        }
+        let seconds = Double(Deadline.now() - started) / 1e9
+        let line = result.output.split(separator: "\n").last.map(String.init) ?? ""
+        print("tcp-echo-client \(arguments.joined(separator: " ")): \(line) (wall \(Int(seconds * 10) / 10) s)")
+        #expect(result.status == 0, "tcp-echo-client exited \(result.status): \(result.output)\n\(client.logTail())",
+                sourceLocation: sourceLocation)
+        return ChildProcess.fields(line)
+    }
+
+    @Test func hundredConnectionsOfOneMiB() throws {
+        let port = TestPorts.next()
+        let (server, echo) = try Self.echoServer("tcp-ex-many", port: port)
+        defer { echo.terminate(); server.stop() }
+        let f = try Self.runClient(server, ["127.0.0.1", "\(port)", "--connections", "100", "--bytes", "1M"], timeout: 180)
+        #expect(f["connections"] == "100")
+        #expect(f["bytes"] == "\(1 << 20)")
+        #expect(f["mismatches"] == "0")
+        #expect(echo.isRunning, "tcp-echo-server died:\n\(echo.logTail())")
+    }
+
+    /// One connection streaming 1 GiB with 1 MiB in flight (about 20 s in a debug build on 2 cores).
+    @Test func oneGiBOnOneConnection() throws {
+        let port = TestPorts.next()
+        let (server, echo) = try Self.echoServer("tcp-ex-gib", port: port)
+        defer { echo.terminate(); server.stop() }
+        let f = try Self.runClient(server, ["127.0.0.1", "\(port)", "--bytes", "1G", "--window", "1M"], timeout: 600)
+        #expect(f["connections"] == "1")
+        #expect(f["bytes"] == "\(1 << 30)")
+        #expect(f["mismatches"] == "0")
+    }
+
+    @Test func pingPongOverIPv6() throws {
+        let port = TestPorts.next()
+        let (server, echo) = try Self.echoServer("tcp-ex-pp6", port: port)
+        defer { echo.terminate(); server.stop() }
+        let f = try Self.runClient(server, ["::1", "\(port)", "--ping-pong", "--bytes", "256K", "--message-size", "64"], timeout: 120)
+        #expect(f["bytes"] == "\(256 << 10)")
+        #expect(f["mismatches"] == "0")
+        let p50 = f["rtt_p50_us"].flatMap { Int($0) }
+        let p99 = f["rtt_p99_us"].flatMap { Int($0) }
+        #expect(p50 != nil && p99 != nil, "rtt fields missing: \(f)")
+        if let p50, let p99 { #expect(p50 <= p99) }
+    }
+}
