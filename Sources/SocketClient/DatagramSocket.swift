@@ -74,7 +74,12 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
                 if let (items, total) = try head() {
                     let count = try copyOut(items: items, total: total, into: buffers)
                     let from = SocketAddress(receiveRing.item(0).pointee.address)
-                    if !peek { receiveRing.handBack(items) }
+                    if !peek {
+                        receiveRing.handBack(items)
+                        // Took the last one: clear the descriptor's readability now, so that poll
+                        // reports POLLIN exactly while a datagram is waiting (as the kernel does).
+                        if try head() == nil { _ = try acknowledgeAndRecheck({ () throws(Errno) -> Bool in try head() != nil }) }
+                    }
                     return (count, total, from, count < total)
                 }
                 try checkServer()

@@ -116,6 +116,7 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
                 let s = try makeSocket(connection, reply, fds, domain: domain, type: type)
                 guard let stream = s as? StreamSocket else { throw Errno(EPROTO) }
                 stream.nonBlocking.store(flags & Int32(SOCK_NONBLOCK.rawValue) != 0, ordering: .relaxed)
+                if view.pendingAccepts == 0 { _ = try acknowledgeAndRecheck({ view.pendingAccepts > 0 }) }
                 return (stream, peer)
             case .error(EAGAIN):
                 for fd in fds { Glibc.close(fd) }
@@ -220,7 +221,12 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
                     let n: Int
                     do { n = try receiveRing.read(into: Self.advance(buffers, by: total), peek: peek) } catch { throw Errno(EPROTO) }
                     total += n
-                    if !peek, view.takeStackWants(CSHIMS_WANTS_RX_PROGRESS) != 0 { toStack.notify() }
+                    if !peek {
+                        if view.takeStackWants(CSHIMS_WANTS_RX_PROGRESS) != 0 { toStack.notify() }
+                        // Drained: clear the descriptor's readability now (it stays readable at EOF
+                        // or on an error), so poll reports POLLIN exactly while there is data.
+                        if try readable() == false { _ = try acknowledgeAndRecheck(readable) }
+                    }
                     if !waitAll || total == wanted { return total }
                     continue
                 }
@@ -234,9 +240,7 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
                 if events & CSHIMS_EV_READ_EOF != 0 { return total }
                 if total > 0 && !waitAll { return total }
                 try checkServer()
-                if try acknowledgeAndRecheck({ () throws(Errno) -> Bool in
-                    do { return try receiveRing.available() > 0 || view.events & (CSHIMS_EV_READ_EOF | CSHIMS_EV_ERROR) != 0 } catch { throw Errno(EPROTO) }
-                }) { continue }
+                if try acknowledgeAndRecheck(readable) { continue }
                 if dontWait {
                     if total > 0 { return total }
                     throw Errno(EAGAIN)
@@ -250,6 +254,11 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
             }
         }
         return (n, n, nil, false)
+    }
+
+    /// Whether a read would not block: data, end of stream or an error.
+    private func readable() throws(Errno) -> Bool {
+        do { return try receiveRing.available() > 0 || view.events & (CSHIMS_EV_READ_EOF | CSHIMS_EV_ERROR) != 0 } catch { throw Errno(EPROTO) }
     }
 
     private static func advance(_ buffers: [UnsafeMutableRawBufferPointer], by n: Int) -> [UnsafeMutableRawBufferPointer] {

@@ -293,8 +293,8 @@ struct Behaviour {
         #expect(send(server, "ping") == 4)
         #expect(pollEvents(client, Int16(POLLIN), timeoutMilliseconds: 10_000) & Int16(POLLIN) != 0, "no POLLIN after data")
         #expect(recvText(client) == "ping")
-        // Drained: a read finds nothing (the library acknowledges wake-ups lazily, when a read comes
-        // up empty), and then the descriptor is no longer readable.
+        // Drained: the read that took the last byte cleared readability, and a read finds nothing.
+        #expect(pollEvents(client, Int16(POLLIN), timeoutMilliseconds: 0) & Int16(POLLIN) == 0, "POLLIN right after the last byte was read")
         let empty = recv(client, flags: Int32(MSG_DONTWAIT))
         #expect(empty.rc == -1 && empty.errno == EAGAIN, "drained: rc \(empty.rc) \(errnoName(empty.errno))")
         #expect(pollEvents(client, Int16(POLLIN), timeoutMilliseconds: 0) & Int16(POLLIN) == 0, "POLLIN after draining")
