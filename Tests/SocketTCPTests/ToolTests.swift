@@ -1,0 +1,68 @@
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The tools around the library: the benchmark's smoke run and a C program linking the library.
+@Suite("Tools")
+struct ToolTests {
+    /// `socket-bench --quick` runs every workload once (it starts its own socket-server) and every
+    /// row of its table carries numbers: the stack's always, the kernel's except for the ring rows.
+    @Test func benchmarkQuickRunProducesEveryField() throws {
+        let json = TestNames.uniquePath("bench", suffix: "json")
+        defer { unlink(json) }
+        let bench = try ChildProcess(TestBinaries.path("socket-bench"), ["--quick", "--json", json], name: "socket-bench")
+        let result = try #require(bench.wait(timeout: 600), "socket-bench --quick did not finish in 10 minutes")
+        #expect(result.status == 0, "socket-bench failed: \(bench.logTail())")
+        let rows = result.output.split(separator: "\n").filter { $0.hasPrefix("| ") && !$0.hasPrefix("| workload") }
+        let workloads = ["UDP ping-pong", "TCP ping-pong", "TCP stream, 1 connection", "TCP stream, 4 connections",
+                         "UDP message rate", "TCP connection rate", "Fan-out", "[process-vm]", "[shared-memory]", "Ring vs memcpy"]
+        for w in workloads { #expect(rows.contains { $0.contains(w) }, "no row for \(w)") }
+        for row in rows {
+            let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: " ") }
+            try #require(cells.count == 5, "malformed row \(row)")
+            #expect(Double(cells[3]) != nil, "stack value missing: \(row)")
+            if !cells[0].hasPrefix("Ring") {
+                #expect(Double(cells[2]) != nil, "kernel value missing: \(row)")
+                #expect(Double(cells[4]) != nil, "ratio missing: \(row)")
+            }
+        }
+        let text = try #require(ProcStats.readFile(json), "no JSON written")
+        #expect(text.contains("\"results\""))
+        #expect(!text.contains("\"stack\": null"))
+    }
+
+    /// A C program compiled against include/socket_offload.h and libSocketClientDynamic makes a UDP
+    /// and a TCP round trip through a real server.
+    @Test func cProgramLinksAndRuns() throws {
+        guard access("/usr/bin/cc", X_OK) == 0 else {
+            print("SKIPPED: cProgramLinksAndRuns needs a C compiler at /usr/bin/cc")
+            return
+        }
+        let dir = TestBinaries.directory
+        // The package root: the binaries live in <root>/.build/<triple>/debug.
+        let parts = dir.split(separator: "/", omittingEmptySubsequences: false)
+        guard let buildIndex = parts.firstIndex(of: ".build") else { Issue.record("binaries are not under .build: \(dir)"); return }
+        let root = parts[..<buildIndex].joined(separator: "/")
+        let program = TestNames.uniquePath("c-client", suffix: "bin")
+        defer { unlink(program) }
+        let cc = try ChildProcess("/usr/bin/cc", ["\(root)/examples/c-client/udp_tcp_hello.c", "-I\(root)/include", "-L\(dir)",
+                                                  "-lSocketClientDynamic", "-Wl,-rpath,\(dir)", "-o", program], name: "cc")
+        let built = try #require(cc.wait(timeout: 120))
+        try #require(built.status == 0, "cc failed: \(cc.logTail())")
+        let server = try ServerProcess(tag: "c-client")
+        defer { server.stop() }
+        let run = try ChildProcess(program, [server.socketPath], name: "c-client")
+        let result = try #require(run.wait(timeout: 30), "the C program hung")
+        #expect(result.status == 0, "C program: \(run.logTail())")
+        #expect(result.output.contains("udp ok"))
+        #expect(result.output.contains("tcp ok"))
+    }
+}
+
+private extension Substring {
+    func trimmingCharacters(in set: Character) -> String {
+        String(drop { $0 == set }.reversed().drop { $0 == set }.reversed())
+    }
+}
