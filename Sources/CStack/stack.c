@@ -1,6 +1,7 @@
 #include "CStack.h"
 
-#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
 #include <errno.h>
 #include <numa.h>
 #include <pthread.h>
@@ -76,18 +77,67 @@ static int cstack_loopback_capture = -1;
 void cstack_loopback_set_capture(int interface_id) { cstack_loopback_capture = interface_id; }
 
 // Every packet to one of the stack's own addresses (on any netif) goes through netif_loop_output,
-// called by lwIP's IP output code before any netif output function. To capture those packets we
-// interpose on the symbol: liblwip.so calls it through its PLT, so this definition in the
-// executable wins, records the packet (raw IP) and forwards to lwIP's own.
-typedef err_t (*cstack_loop_output_fn)(struct netif *, struct pbuf *);
+// called by lwIP's IP output code before any netif output function. liblwip.so calls it through
+// its PLT, so this definition in the executable replaces lwIP's own (an ELF interposition). We do
+// what lwIP's does — queue a copy for delivery — with two differences:
+// - the copy is recorded in the capture file (packets on the loopback path never reach a netif's
+//   output function, so this is the only place to see them);
+// - delivery happens on the server's stack thread, which drains the queue at the end of every batch
+//   (cstack_loopback_poll_all) or, for packets looped by lwIP's own thread (timers), when woken by
+//   an eventfd. lwIP's version posts netif_poll to the tcpip thread's mailbox instead, which woke
+//   that thread and made it contend for the core lock for every burst of looped packets: 45% of the
+//   server's time went to context switches in a loopback TCP stream.
+struct cstack_looped {
+    struct pbuf *p;
+    struct netif *netif;
+};
+static struct cstack_looped *cstack_loop_queue;
+static size_t cstack_loop_capacity, cstack_loop_head, cstack_loop_count;
+static int cstack_loop_eventfd = -1;
+static __thread int cstack_in_batch;
 
-err_t netif_loop_output(struct netif *netif, struct pbuf *p) {
-    static cstack_loop_output_fn real;
-    if (real == NULL) real = (cstack_loop_output_fn)dlsym(RTLD_NEXT, "netif_loop_output");
-    if (cstack_loopback_capture >= 0) cstack_capture_ip_packet(cstack_loopback_capture, p);
-    return real(netif, p);
+int cstack_loopback_eventfd(void) {
+    if (cstack_loop_eventfd < 0) cstack_loop_eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return cstack_loop_eventfd;
 }
 
+void cstack_batch_begin(void) { cstack_in_batch = 1; }
+void cstack_batch_end(void) { cstack_in_batch = 0; }
+
+err_t netif_loop_output(struct netif *netif, struct pbuf *p) {
+    // Called with the core lock held (from lwIP's IP output path).
+    if (cstack_loopback_capture >= 0) cstack_capture_ip_packet(cstack_loopback_capture, p);
+    struct pbuf *copy = pbuf_alloc(PBUF_LINK, p->tot_len, PBUF_RAM);
+    if (copy == NULL) return ERR_MEM;
+    if (pbuf_copy(copy, p) != ERR_OK) {
+        pbuf_free(copy);
+        return ERR_MEM;
+    }
+    if (cstack_loop_count == cstack_loop_capacity) {
+        size_t capacity = cstack_loop_capacity ? cstack_loop_capacity * 2 : 256;
+        struct cstack_looped *grown = malloc(capacity * sizeof *grown);
+        if (grown == NULL) {
+            pbuf_free(copy);
+            return ERR_MEM;
+        }
+        for (size_t i = 0; i < cstack_loop_count; i++)
+            grown[i] = cstack_loop_queue[(cstack_loop_head + i) % cstack_loop_capacity];
+        free(cstack_loop_queue);
+        cstack_loop_queue = grown;
+        cstack_loop_capacity = capacity;
+        cstack_loop_head = 0;
+    }
+    cstack_loop_queue[(cstack_loop_head + cstack_loop_count) % cstack_loop_capacity] = (struct cstack_looped){copy, netif};
+    cstack_loop_count++;
+    if (cstack_loop_count == 1 && !cstack_in_batch && cstack_loop_eventfd >= 0) {
+        uint64_t one = 1;
+        ssize_t ignored = write(cstack_loop_eventfd, &one, sizeof one);
+        (void)ignored;
+    }
+    return ERR_OK;
+}
+
+// Output functions of a loopback netif (for on-link peers that are not our own addresses).
 static err_t cstack_loop_output4(struct netif *netif, struct pbuf *p, const ip4_addr_t *addr) {
     (void)addr;
     return netif_loop_output(netif, p);
@@ -158,7 +208,13 @@ int cstack_is_local_address(const ip_addr_t *ip) {
 }
 
 void cstack_loopback_poll_all(void) {
-    for (int i = 0; i < cstack_loopback_count; i++) netif_poll(&cstack_loopbacks[i]);
+    // Packets that ip_input loops in turn (replies) join the queue and are delivered in this loop.
+    while (cstack_loop_count > 0) {
+        struct cstack_looped next = cstack_loop_queue[cstack_loop_head];
+        cstack_loop_head = (cstack_loop_head + 1) % cstack_loop_capacity;
+        cstack_loop_count--;
+        if (!netif_is_up(next.netif) || ip_input(next.p, next.netif) != ERR_OK) pbuf_free(next.p);
+    }
 }
 
 // MARK: pbufs

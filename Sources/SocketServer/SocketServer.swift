@@ -28,6 +28,7 @@ public final class SocketServer {
 
     private static let listenerToken: UInt64 = 1
     private static let signalToken: UInt64 = 2
+    private static let loopbackToken: UInt64 = 3
     /// TAP devices: tapToken + index.
     private static let tapToken: UInt64 = 16
 
@@ -77,6 +78,9 @@ public final class SocketServer {
         signalFD = cstack_termination_signalfd()
         if signalFD >= 0 { try loop.add(signalFD, token: Self.signalToken) }
         try loop.add(listenFD, token: Self.listenerToken)
+        let looped = cstack_loopback_eventfd()
+        guard looped >= 0 else { throw ServerError("eventfd: \(Errno.current)") }
+        try loop.add(looped, token: Self.loopbackToken)
         logger.info("listening on \(configuration.socketPath); loopback addresses \(configuration.addresses.map(\.description).joined(separator: ", ")); datagram transport \(configuration.datagramTransport); NUMA node \(numaNode)")
     }
 
@@ -153,6 +157,10 @@ public final class SocketServer {
                 logger.info("signal \(signal): shutting down")
                 running = false
             }
+        case Self.loopbackToken:
+            // Packets looped by lwIP's thread: the batch's end delivers them.
+            var value: UInt64 = 0
+            _ = read(cstack_loopback_eventfd(), &value, 8)
         case Self.tapToken..<(Self.tapToken + UInt64(taps.count)):
             taps[Int(token - Self.tapToken)].receive()
         default:

@@ -6,10 +6,9 @@ import SocketShared
 /// (timers and queued input). Every raw-API call from our threads is made under the core lock,
 /// `Stack.withLock`; lwIP callbacks then run on whichever thread holds the lock.
 ///
-/// Loopback traffic: `netif_loop_output` queues each packet and asks the tcpip thread to deliver it.
-/// The server's stack thread calls `deliverLooped()` at the end of every batch, under the lock, so
-/// packets between two clients are delivered at once on our thread (about 10x lower latency than
-/// waiting for the tcpip thread; measured in the lwIP spike) — never from inside a callback.
+/// Loopback traffic: every packet to one of the stack's own addresses is queued by our replacement
+/// of `netif_loop_output` (CStack/stack.c) and delivered on the server's stack thread at the end of
+/// every batch, under the lock — never from inside a callback, never by waking lwIP's thread.
 enum Stack {
     nonisolated(unsafe) private static var started = false
     nonisolated(unsafe) private static var depth = 0
@@ -26,8 +25,12 @@ enum Stack {
     static func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         cstack_lock()
         depth += 1
+        if depth == 1 { cstack_batch_begin() }
         defer {
-            if depth == 1 { cstack_loopback_poll_all() }
+            if depth == 1 {
+                cstack_loopback_poll_all()
+                cstack_batch_end()
+            }
             depth -= 1
             cstack_unlock()
         }

@@ -41,8 +41,15 @@ struct netif *cstack_loopback_add(const uint8_t *ip4, const uint8_t *mask4, uint
 int cstack_netif_add_ip6(struct netif *netif, const uint8_t *ip6);
 /// True when `ip` is an address of one of the stack's interfaces (what bind may use).
 int cstack_is_local_address(const ip_addr_t *ip);
-/// netif_poll on every loopback netif: delivers looped packets now, on the calling thread.
+/// Delivers every packet queued for the stack's own addresses, on the calling thread (core lock held).
 void cstack_loopback_poll_all(void);
+/// An eventfd that becomes readable when packets were looped outside a batch of our stack thread
+/// (by lwIP's tcpip thread: timers); the server's event loop watches it and drains the queue.
+int cstack_loopback_eventfd(void);
+/// Marks the calling thread as inside a batch that ends with cstack_loopback_poll_all (no eventfd
+/// wake-up needed for packets it loops).
+void cstack_batch_begin(void);
+void cstack_batch_end(void);
 
 // MARK: pbuf and pcb fields behind macros
 
