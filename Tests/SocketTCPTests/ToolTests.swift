@@ -61,6 +61,31 @@ struct ToolTests {
     }
 }
 
+extension ToolTests {
+    /// The server's Internet checksum (CStack/checksum.c, which replaces liblwip's) equals liblwip's
+    /// own on 200,000 random buffers, offsets and lengths up to 66,000 bytes.
+    @Test func checksumReplacementMatchesLwIP() throws {
+        guard access("/usr/bin/cc", X_OK) == 0 else {
+            print("SKIPPED: checksumReplacementMatchesLwIP needs a C compiler at /usr/bin/cc")
+            return
+        }
+        let dir = TestBinaries.directory
+        let parts = dir.split(separator: "/", omittingEmptySubsequences: false)
+        let buildIndex = try #require(parts.firstIndex(of: ".build"), "binaries are not under .build: \(dir)")
+        let root = parts[..<buildIndex].joined(separator: "/")
+        let program = TestNames.uniquePath("checksum", suffix: "bin")
+        defer { unlink(program) }
+        let cc = try ChildProcess("/usr/bin/cc", ["-O2", "-I\(root)/Sources/CStack/include", "-I/usr/include/lwip",
+                                                  "\(root)/Tests/checksum-check/checksum_check.c", "\(root)/Sources/CStack/checksum.c",
+                                                  "-Wl,--no-as-needed", "-llwip", "-ldl", "-o", program], name: "cc-checksum")
+        let built = try #require(cc.wait(timeout: 120))
+        try #require(built.status == 0, "cc failed: \(cc.logTail())")
+        let run = try ChildProcess(program, [], name: "checksum-check")
+        let result = try #require(run.wait(timeout: 120))
+        #expect(result.status == 0 && result.output.contains("all equal"), "\(result.output) \(run.logTail())")
+    }
+}
+
 private extension Substring {
     func trimmingCharacters(in set: Character) -> String {
         String(drop { $0 == set }.reversed().drop { $0 == set }.reversed())
