@@ -94,18 +94,33 @@ class ClientSocket: @unchecked Sendable {
     /// afterwards; if it holds, the acknowledgement is undone so pollers still see the socket readable.
     /// - Returns: the re-check's result.
     func acknowledgeAndRecheck(_ ready: () throws(Errno) -> Bool) throws(Errno) -> Bool {
-        eventLock.withLock { toApp.acknowledge(drain: !gate.isBlocked) }
+        eventLock.withLock {
+            // Nothing to take in when no signal is outstanding and we left no count of our own in
+            // the eventfd (undo, writability block): skip the read syscall.
+            if toApp.isPending || counterMayHoldCount {
+                toApp.acknowledge(drain: !gate.isBlocked)
+                counterMayHoldCount = gate.isBlocked
+            }
+        }
         if try ready() {
+            eventLock.withLock { counterMayHoldCount = true }
             toApp.undoAcknowledge()
             return true
         }
         return false
     }
 
+    /// Whether the eventfd may hold a count that no outstanding signal accounts for (guarded by
+    /// eventLock): after an undo, or while/after the writability block (its release writes one).
+    private var counterMayHoldCount = true
+
     /// Makes the descriptor unwritable until `hasRoom` holds. Returns true when room appeared on the
     /// re-check (the block is then already released).
     func blockUntilRoom(_ hasRoom: () throws(Errno) -> Bool) throws(Errno) -> Bool {
-        eventLock.withLock { gate.block() }
+        eventLock.withLock {
+            gate.block()
+            counterMayHoldCount = true
+        }
         if try hasRoom() {
             gate.release()
             return true
@@ -113,8 +128,15 @@ class ClientSocket: @unchecked Sendable {
         return false
     }
 
-    /// Fails fast when the server is gone.
+    /// Fails when the server is known to be gone (an atomic load: this runs on every call).
+    /// Death is noticed by `waitFor`, by the connection's watchdog, and by `checkServerBeforeEAGAIN`.
     func checkServer() throws(Errno) {
+        if connection.isDead { throw Errno(ENETDOWN) }
+    }
+
+    /// Before a non-blocking call reports EAGAIN: makes sure the server is still there (a poll of
+    /// the control socket), so a non-blocking caller learns of its death too.
+    func checkServerBeforeEAGAIN() throws(Errno) {
         if connection.isDead || !connection.checkAlive() { throw Errno(ENETDOWN) }
     }
 

@@ -84,7 +84,10 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
                 }
                 try checkServer()
                 if try acknowledgeAndRecheck({ () throws(Errno) -> Bool in try head() != nil }) { continue }
-                if dontWait { throw Errno(EAGAIN) }
+                if dontWait {
+                    try checkServerBeforeEAGAIN()
+                    throw Errno(EAGAIN)
+                }
                 try waitFor(Int16(POLLIN), until: deadline)
             }
         }
@@ -158,7 +161,10 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
                     return length
                 }
                 if try blockUntilRoom(hasRoom) { continue }
-                if dontWait { throw Errno(EAGAIN) }
+                if dontWait {
+                    try checkServerBeforeEAGAIN()
+                    throw Errno(EAGAIN)
+                }
                 try waitFor(Int16(POLLOUT), until: deadline)
             }
         }

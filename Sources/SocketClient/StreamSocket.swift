@@ -121,7 +121,10 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
             case .error(EAGAIN):
                 for fd in fds { Glibc.close(fd) }
                 if try acknowledgeAndRecheck({ view.pendingAccepts > 0 }) { continue }
-                if dontWait { throw Errno(EAGAIN) }
+                if dontWait {
+                    try checkServerBeforeEAGAIN()
+                    throw Errno(EAGAIN)
+                }
                 try waitFor(Int16(POLLIN), until: deadline)
             case .error(let err):
                 for fd in fds { Glibc.close(fd) }
@@ -154,7 +157,10 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
                 switch currentState() {
                 case .connected: break
                 case .connecting:
-                    if dontWait { throw Errno(EAGAIN) }
+                    if dontWait {
+                    try checkServerBeforeEAGAIN()
+                    throw Errno(EAGAIN)
+                }
                     try waitFor(Int16(POLLOUT), until: deadline)
                     continue
                 case .fresh, .listening:
@@ -176,6 +182,7 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
                 }) { continue }
                 if dontWait {
                     if total > 0 { return total }
+                    try checkServerBeforeEAGAIN()
                     throw Errno(EAGAIN)
                 }
                 do throws(Errno) {
@@ -243,6 +250,7 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
                 if try acknowledgeAndRecheck(readable) { continue }
                 if dontWait {
                     if total > 0 { return total }
+                    try checkServerBeforeEAGAIN()
                     throw Errno(EAGAIN)
                 }
                 do throws(Errno) {
