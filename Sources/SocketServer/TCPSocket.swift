@@ -495,6 +495,10 @@ final class TCPSocket: ServerSocket {
             abort()
             return true
         }
+        // Give lwIP credit (tcp_recved) for every byte the app has consumed: the app reports its
+        // progress only now and then, and tcp_close takes a window that is not fully open for
+        // unread data and resets the connection instead of sending FIN.
+        updateWindow()
         closeRequested = true
         pumpSend()
         return self.pcb == nil
