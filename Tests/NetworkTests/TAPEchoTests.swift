@@ -38,7 +38,11 @@ struct TAPEchoTests {
     func stackClientsAgainstKernelServers() throws {
         guard let net = try TAPNetwork.make("sclients", subnet: 3) else { return }
         defer { net.teardown() }
-        try net.startServer()
+        // Both ends capture, so that a failure can tell where datagrams went missing (the stack's
+        // capture is kept with NETWORK_TESTS_KEEP=1; the kernel's tail goes into the failure message).
+        try net.startServer(extraArguments: ["--capture", "\(net.directory)/capture.pcapng"])
+        let dump = try net.startKernel(["tcpdump", "-i", net.tap, "-n", "-U", "-w", "\(net.directory)/kernel.pcap"])
+        try #require(dump.waitForOutput("listening on", inErrorOutput: true), "\(dump.transcript)")
         _ = try net.startKernel(["socat", "UDP4-RECVFROM:9001,fork", "PIPE"])
         _ = try net.startKernel(["socat", "UDP6-RECVFROM:9002,fork", "PIPE"])
         _ = try net.startKernel(["socat", "TCP4-LISTEN:9000,fork,reuseaddr", "PIPE"])
@@ -47,13 +51,15 @@ struct TAPEchoTests {
         for port in [9000, 9003] { try net.waitForKernelListener(port: port) }
 
         for (address, udpPort, tcpPort) in [(net.kernelIPv4, "9001", "9000"), (net.kernelIPv6, "9002", "9003")] {
-            let udp = try net.runStack("udp-echo-client", [address, udpPort, "--count", "200", "--size", "1000", "--timeout", "3000",
-                                                          "--socket-path", net.socketPath], timeoutSeconds: 60)
-            #expect(udp.succeeded && udp.output.contains("sent=200 received=200 lost=0 corrupted=0"), "UDP to \(address): \(udp)")
-
-            let large = try net.runStack("udp-echo-client", [address, udpPort, "--count", "50", "--size", "1400", "--timeout", "3000",
-                                                            "--socket-path", net.socketPath], timeoutSeconds: 60)
-            #expect(large.succeeded && large.output.contains("sent=50 received=50 lost=0 corrupted=0"), "UDP 1400 B to \(address): \(large)")
+            for (count, size) in [(200, 1000), (50, 1400)] {
+                // 1 s per echo is ample on this link; the bound lets the client report its losses
+                // even if every datagram were lost.
+                let udp = try net.runStack("udp-echo-client", [address, udpPort, "--count", "\(count)", "--size", "\(size)", "--timeout", "1000",
+                                                              "--socket-path", net.socketPath], timeoutSeconds: Double(count) + 30)
+                let ok = udp.succeeded && udp.output.contains("sent=\(count) received=\(count) lost=0 corrupted=0")
+                let capture = ok ? "" : try net.kernelCaptureTail()
+                #expect(ok, "UDP \(count) x \(size) B to \(address): \(udp)\nkernel-side capture (last lines):\n\(capture)")
+            }
 
             let tcp = try net.runStack("tcp-echo-client", [address, tcpPort, "--connections", "4", "--bytes", "4M", "--timeout", "30",
                                                           "--socket-path", net.socketPath], timeoutSeconds: 90)

@@ -201,6 +201,13 @@ final class TAPNetwork {
         return path
     }
 
+    /// The last lines of `kernel.pcap` in the test's directory (a kernel-side tcpdump the test runs
+    /// for diagnostics), for failure messages.
+    func kernelCaptureTail(lines: Int = 40) throws -> String {
+        let r = try NetworkProcess.run(["tcpdump", "-n", "-tt", "-r", "\(directory)/kernel.pcap"], label: nextLabel("tcpdump"), directory: directory)
+        return r.output.split(separator: "\n").suffix(lines).joined(separator: "\n") + r.errorOutput.suffix(300)
+    }
+
     // MARK: teardown
 
     func teardown() {
@@ -221,6 +228,11 @@ final class TAPNetwork {
         }
         _ = try? NetworkProcess.run(["ip", "netns", "del", namespace], label: nextLabel("nsdel"), directory: directory, timeoutSeconds: 10)
         // rm removes its own output files with the directory; its open descriptors do not mind.
+        // NETWORK_TESTS_KEEP=1 keeps the directory (logs, captures) for a post-mortem.
+        if getenv("NETWORK_TESTS_KEEP") != nil {
+            print("NetworkTests \(label): kept \(directory)")
+            return
+        }
         _ = try? NetworkProcess.run(["rm", "-rf", directory], label: nextLabel("rm"), directory: directory, timeoutSeconds: 30)
     }
 }
