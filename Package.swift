@@ -125,5 +125,18 @@ let package = Package(
             name: "SocketTCPTests",
             dependencies: ["SocketClient", "SocketShared", "CShims", "TestSupport"]
         ),
+        // Stack-side end of the network tests' bulk transfers (tcp-sink, tcp-source).
+        .executableTarget(
+            name: "net-peer",
+            dependencies: ["SocketClient", "SocketShared"],
+            path: "Tests/net-peer"
+        ),
+        // The stack on a real TAP link to the kernel, in network namespaces (root and /dev/net/tun).
+        // The tests run the built executables (socket-server, the examples, net-peer), so they depend
+        // on them only through the build.
+        .testTarget(
+            name: "NetworkTests",
+            dependencies: []
+        ),
     ]
 )

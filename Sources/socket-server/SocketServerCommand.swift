@@ -2,6 +2,9 @@ import ArgumentParser
 import Logging
 import SocketServer
 import SocketShared
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @main
 struct SocketServerCommand: ParsableCommand {
@@ -58,7 +61,12 @@ struct SocketServerCommand: ParsableCommand {
             var command = try parseAsRoot(regroup(Array(CommandLine.arguments.dropFirst())))
             try command.run()
         } catch {
-            exit(withError: error)
+            // A bad command line means the server cannot start: status 1 as documented, not
+            // ArgumentParser's 64 (EX_USAGE). Help and version requests still exit 0.
+            guard exitCode(for: error) == .validationFailure else { exit(withError: error) }
+            let message = Array((fullMessage(for: error) + "\n").utf8)
+            _ = message.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+            exit(withError: ExitCode(1))
         }
     }
 

@@ -1,0 +1,52 @@
+import Testing
+
+/// 100 MiB of random bytes each way between a kernel program and a stack application, checked by
+/// SHA-256 at both ends.
+///
+/// How the hashes are made: the test fills a file with 100 MiB from /dev/urandom and hashes it with
+/// `sha256sum`. Kernel to stack: a Python client sends the file and hashes what it sent (hashlib);
+/// `net-peer tcp-sink` on the stack writes what it receives to a second file, hashed by `sha256sum`.
+/// Stack to kernel: `net-peer tcp-source` sends the file; a Python server hashes what it receives.
+/// Every hash must equal the file's, and every byte count must be 100 MiB. Both ends finish only
+/// after the other side's end of stream, so nothing is still in flight when they are compared.
+@Suite("TAP: bulk TCP")
+struct TAPBulkTransferTests {
+    static let bytes = 100 << 20
+
+    @Test("100 MiB each way between the kernel and the stack, SHA-256 verified", arguments: [false, true])
+    func hundredMiBEachWay(ipv6: Bool) throws {
+        guard let net = try TAPNetwork.make(ipv6 ? "bulk6" : "bulk4", subnet: ipv6 ? 5 : 4) else { return }
+        defer { net.teardown() }
+        try net.startServer()
+        let stackAddress = ipv6 ? net.stackIPv6 : net.stackIPv4
+        let kernelAddress = ipv6 ? net.kernelIPv6 : net.kernelIPv4
+        let source = try net.randomFile("source.bin", bytes: Self.bytes)
+        let expected = try net.sha256(ofFile: source)
+        try #require(expected.count == 64)
+
+        // Kernel -> stack.
+        let received = "\(net.directory)/received.bin"
+        let sink = try net.startStack("net-peer", ["tcp-sink", net.socketPath, stackAddress, "5001", received])
+        try #require(sink.waitForOutput("listening on"), "\(sink.transcript)")
+        let sender = try net.runKernel(["python3", try net.script("tcp_send.py", KernelPeers.tcpSend), stackAddress, "5001", source],
+                                       timeoutSeconds: 120)
+        #expect(sender.succeeded, "\(sender)")
+        let sent = resultFields(sender.output)
+        #expect(sent["sha256"] == expected && sent["bytes"] == "\(Self.bytes)" && sent["extra"] == "0", "\(sender)")
+        #expect(sink.wait(timeoutSeconds: 30) == 0, "\(sink.transcript)")
+        #expect(resultFields(sink.output)["bytes"] == "\(Self.bytes)", "\(sink.transcript)")
+        #expect(try net.sha256(ofFile: received) == expected, "kernel -> stack: the bytes the stack received differ from the file")
+        _ = try net.host(["rm", "-f", received])
+
+        // Stack -> kernel.
+        let receiver = try net.startKernel(["python3", try net.script("tcp_recv.py", KernelPeers.tcpReceive), kernelAddress, "5002"])
+        try #require(receiver.waitForOutput("listening"), "\(receiver.transcript)")
+        let source2 = try net.runStack("net-peer", ["tcp-source", net.socketPath, kernelAddress, "5002", source], timeoutSeconds: 120)
+        #expect(source2.succeeded && resultFields(source2.output)["bytes"] == "\(Self.bytes)", "\(source2)")
+        #expect(receiver.wait(timeoutSeconds: 30) == 0, "\(receiver.transcript)")
+        let got = resultFields(receiver.output)
+        #expect(got["sha256"] == expected && got["bytes"] == "\(Self.bytes)", "stack -> kernel: \(receiver.transcript)")
+
+        #expect(net.stopServer() == 0, "\(net.server?.transcript ?? "")")
+    }
+}

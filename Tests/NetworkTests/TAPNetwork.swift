@@ -1,0 +1,248 @@
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One test's private network: a network namespace with a TAP device whose kernel side has
+/// 10.77.N.1/24 and fd00:77:N::1/64, and a `socket-server` running inside the namespace on that TAP
+/// with 10.77.N.2/24 and fd00:77:N::2/64. Every test uses its own N, so tests run in parallel
+/// without sharing anything (namespace, device, addresses, server socket, files).
+///
+/// Stack-side programs (the examples, net-peer) run outside the namespace: they reach the server
+/// through its Unix socket. Kernel-side programs (ping, socat, python) run inside it.
+///
+/// Ownership: `teardown()` (call it in a `defer`) stops every process the network started, kills
+/// whatever is left in the namespace, deletes the devices and the namespace, and removes the files.
+final class TAPNetwork {
+    let label: String
+    let subnet: Int
+    let namespace: String
+    let tap: String
+    let directory: String
+    let socketPath: String
+    private(set) var server: NetworkProcess?
+    private var processes: [NetworkProcess] = []
+    private var counter = 0
+
+    var kernelIPv4: String { "10.77.\(subnet).1" }
+    var stackIPv4: String { "10.77.\(subnet).2" }
+    var kernelIPv6: String { "fd00:77:\(subnet)::1" }
+    var stackIPv6: String { "fd00:77:\(subnet)::2" }
+
+    /// Why these tests cannot run here, or nil when they can.
+    static var skipReason: String? {
+        if getuid() != 0 { return "not root (network namespaces and TAP devices need CAP_NET_ADMIN)" }
+        if access("/dev/net/tun", R_OK | W_OK) != 0 { return "/dev/net/tun is missing" }
+        for tool in ["ip", "python3"] where !inPath(tool) { return "\(tool) is not installed" }
+        return nil
+    }
+
+    static func inPath(_ tool: String) -> Bool {
+        let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin"
+        return path.split(separator: ":").contains { access("\($0)/\(tool)", X_OK) == 0 }
+    }
+
+    /// Creates the namespace and its TAP device, or prints `SKIPPED: <reason>` and returns nil when
+    /// the machine cannot run network tests.
+    ///
+    /// With `relayed`, the kernel's addresses are not on the stack's TAP device but on a second one,
+    /// `kernelDevice`, and the two are joined through a bridge and a third TAP device,
+    /// `relayDevice`: a userspace relay the test runs between `relayDevice` and `kernelDevice`
+    /// (`KernelPeers.impairRelay`) then carries every frame between the stack and the kernel.
+    ///
+    ///     stack ⇄ tap ⇄ bridge ⇄ relayDevice ⇄ relay process ⇄ kernelDevice ⇄ kernel (10.77.N.1)
+    static func make(_ label: String, subnet: Int, relayed: Bool = false) throws -> TAPNetwork? {
+        if let reason = skipReason {
+            print("SKIPPED: NetworkTests \(label): \(reason)")
+            return nil
+        }
+        return try TAPNetwork(label: label, subnet: subnet, relayed: relayed)
+    }
+
+    let relayed: Bool
+    var bridge: String { "br\(subnet)" }
+    var relayDevice: String { "rly\(subnet)" }
+    /// The device with the kernel's addresses.
+    var kernelDevice: String { relayed ? "ker\(subnet)" : tap }
+
+    private init(label: String, subnet: Int, relayed: Bool) throws {
+        self.relayed = relayed
+        self.label = label
+        self.subnet = subnet
+        namespace = "skonet-\(label)-\(getpid())"
+        tap = "sko\(subnet)"
+        var template = Array("/tmp/skonet-\(label)-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw SpawnError(command: "mkdtemp", code: errno) }
+        directory = String(cString: made)
+        socketPath = "\(directory)/server.sock"
+        do {
+            try host(["ip", "netns", "add", namespace])
+            try inside(["ip", "link", "set", "lo", "up"])
+            try inside(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
+            if relayed {
+                try inside(["ip", "tuntap", "add", "dev", relayDevice, "mode", "tap"])
+                try inside(["ip", "tuntap", "add", "dev", kernelDevice, "mode", "tap"])
+                try inside(["ip", "link", "add", bridge, "type", "bridge", "stp_state", "0", "mcast_snooping", "0"])
+                for device in [bridge, tap, relayDevice] {
+                    // Layer 2 only: no addresses, no IPv6 chatter of their own.
+                    try inside(["sysctl", "-q", "-w", "net.ipv6.conf.\(device).disable_ipv6=1"])
+                }
+                try inside(["ip", "link", "set", tap, "master", bridge])
+                try inside(["ip", "link", "set", relayDevice, "master", bridge])
+                try inside(["ip", "link", "set", bridge, "up"])
+                try inside(["ip", "link", "set", relayDevice, "up"])
+            }
+            try inside(["ip", "addr", "add", "\(kernelIPv4)/24", "dev", kernelDevice])
+            try inside(["ip", "addr", "add", "\(kernelIPv6)/64", "dev", kernelDevice, "nodad"])
+            try inside(["ip", "link", "set", tap, "up"])
+            if relayed { try inside(["ip", "link", "set", kernelDevice, "up"]) }
+        } catch {
+            teardown()
+            throw error
+        }
+    }
+
+    // MARK: commands
+
+    /// A command in the host's namespace that must succeed.
+    @discardableResult
+    func host(_ arguments: [String], timeoutSeconds: Double = 30) throws -> NetworkProcess.Result {
+        let r = try NetworkProcess.run(arguments, label: nextLabel(arguments[0]), directory: directory, timeoutSeconds: timeoutSeconds)
+        guard r.succeeded else { throw SetupError(description: "setup command failed:\n\(r)") }
+        return r
+    }
+
+    /// A command inside the namespace that must succeed.
+    @discardableResult
+    func inside(_ arguments: [String], timeoutSeconds: Double = 30) throws -> NetworkProcess.Result {
+        try host(["ip", "netns", "exec", namespace] + arguments, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Runs a kernel-side command to completion (bounded); the caller checks the result.
+    func runKernel(_ arguments: [String], timeoutSeconds: Double = 60) throws -> NetworkProcess.Result {
+        try NetworkProcess.run(["ip", "netns", "exec", namespace] + arguments, label: nextLabel(arguments[0]), directory: directory, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Starts a kernel-side program in the background (stopped by `teardown`).
+    func startKernel(_ arguments: [String], label: String? = nil) throws -> NetworkProcess {
+        let p = try NetworkProcess(["ip", "netns", "exec", namespace] + arguments, label: label ?? nextLabel(arguments[0]), directory: directory)
+        processes.append(p)
+        return p
+    }
+
+    /// Starts one of the package's executables on the stack side (outside the namespace), in the
+    /// background (stopped by `teardown`).
+    func startStack(_ product: String, _ arguments: [String], label: String? = nil) throws -> NetworkProcess {
+        let p = try NetworkProcess([NetworkProcess.product(product)] + arguments, label: label ?? nextLabel(product), directory: directory)
+        processes.append(p)
+        return p
+    }
+
+    /// Runs one of the package's executables on the stack side to completion (bounded).
+    func runStack(_ product: String, _ arguments: [String], timeoutSeconds: Double = 60) throws -> NetworkProcess.Result {
+        try NetworkProcess.run([NetworkProcess.product(product)] + arguments, label: nextLabel(product), directory: directory, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Writes a kernel-side Python script into the test's directory and returns its path.
+    func script(_ name: String, _ source: String) throws -> String {
+        let path = "\(directory)/\(name)"
+        try writeTextFile(path, source)
+        return path
+    }
+
+    private func nextLabel(_ command: String) -> String {
+        counter += 1
+        let base = command.split(separator: "/").last.map(String.init) ?? command
+        return "\(counter)-\(base)"
+    }
+
+    // MARK: the server
+
+    /// Starts `socket-server` inside the namespace on the TAP device and waits until it serves.
+    func startServer(extraArguments: [String] = []) throws {
+        let arguments = [NetworkProcess.product("socket-server"), "--socket-path", socketPath,
+                         "--tap", tap, "--address", "\(stackIPv4)/24", "--address", "\(stackIPv6)/64",
+                         "--gateway", kernelIPv4] + extraArguments
+        let p = try NetworkProcess(["ip", "netns", "exec", namespace] + arguments, label: "socket-server", directory: directory)
+        server = p
+        guard p.waitForOutput("listening on \(socketPath)", inErrorOutput: true, timeoutSeconds: 20) else {
+            throw SetupError(description: "socket-server did not start\n\(p.transcript)")
+        }
+    }
+
+    /// Stops the server with SIGTERM. - Returns: its exit status, nil if it had to be killed.
+    func stopServer() -> Int32? {
+        guard let server else { return nil }
+        return server.stop(SIGTERM, graceSeconds: 10)
+    }
+
+    /// Waits until a kernel-side program listens on `port` (TCP, or UDP with `udp`).
+    func waitForKernelListener(port: Int, udp: Bool = false, timeoutSeconds: Double = 10) throws {
+        let deadline = monotonicSeconds() + timeoutSeconds
+        while monotonicSeconds() < deadline {
+            let r = try runKernel(["ss", "-Hn", udp ? "-lu" : "-lt", "sport = :\(port)"], timeoutSeconds: 10)
+            if r.succeeded && r.output.contains(":\(port)") { return }
+            usleep(20_000)
+        }
+        throw SetupError(description: "nothing listens on kernel port \(port) after \(timeoutSeconds) s")
+    }
+
+    /// SHA-256 of a file, by sha256sum.
+    func sha256(ofFile path: String) throws -> String {
+        let r = try host(["sha256sum", path], timeoutSeconds: 60)
+        return String(r.output.split(separator: " ").first ?? "")
+    }
+
+    /// Makes a file of `bytes` random bytes (from /dev/urandom) in the test's directory.
+    func randomFile(_ name: String, bytes: Int) throws -> String {
+        let path = "\(directory)/\(name)"
+        let p = try NetworkProcess(["head", "-c", "\(bytes)", "/dev/urandom"], label: nextLabel("head"), directory: directory, stdoutPath: path)
+        guard p.wait(timeoutSeconds: 60) == 0 else { throw SetupError(description: "cannot make \(path): \(p.transcript)") }
+        return path
+    }
+
+    /// The last lines of `kernel.pcap` in the test's directory (a kernel-side tcpdump the test runs
+    /// for diagnostics), for failure messages.
+    func kernelCaptureTail(lines: Int = 40) throws -> String {
+        let r = try NetworkProcess.run(["tcpdump", "-n", "-tt", "-r", "\(directory)/kernel.pcap"], label: nextLabel("tcpdump"), directory: directory)
+        return r.output.split(separator: "\n").suffix(lines).joined(separator: "\n") + r.errorOutput.suffix(300)
+    }
+
+    // MARK: teardown
+
+    func teardown() {
+        for p in processes.reversed() { p.stop(SIGTERM, graceSeconds: 3) }
+        if let server { server.stop(SIGTERM, graceSeconds: 10) }
+        // Anything still in the namespace (socat's forked children, a stuck script) was started by
+        // this test: kill it by pid so the namespace can go.
+        for _ in 0..<3 {
+            guard let r = try? NetworkProcess.run(["ip", "netns", "pids", namespace], label: nextLabel("pids"), directory: directory, timeoutSeconds: 10),
+                  r.succeeded else { break }
+            let pids = r.output.split(separator: "\n").compactMap { pid_t($0.trimmingCharacters(in: " ")) }
+            if pids.isEmpty { break }
+            for pid in pids { kill(pid, SIGKILL) }
+            usleep(100_000)
+        }
+        for device in relayed ? [tap, relayDevice, kernelDevice, bridge] : [tap] {
+            _ = try? NetworkProcess.run(["ip", "-n", namespace, "link", "del", device], label: nextLabel("linkdel"), directory: directory, timeoutSeconds: 10)
+        }
+        _ = try? NetworkProcess.run(["ip", "netns", "del", namespace], label: nextLabel("nsdel"), directory: directory, timeoutSeconds: 10)
+        // rm removes its own output files with the directory; its open descriptors do not mind.
+        // NETWORK_TESTS_KEEP=1 keeps the directory (logs, captures) for a post-mortem.
+        if getenv("NETWORK_TESTS_KEEP") != nil {
+            print("NetworkTests \(label): kept \(directory)")
+            return
+        }
+        _ = try? NetworkProcess.run(["rm", "-rf", directory], label: nextLabel("rm"), directory: directory, timeoutSeconds: 30)
+    }
+}
+
+struct SetupError: Error, CustomStringConvertible {
+    let description: String
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> String {
+        String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
+    }
+}
