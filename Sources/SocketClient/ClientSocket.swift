@@ -140,6 +140,14 @@ class ClientSocket: @unchecked Sendable {
         if connection.isDead || !connection.checkAlive() { throw Errno(ENETDOWN) }
     }
 
+    /// The server died: readable (a read reports ENETDOWN) and writable (a write does too).
+    func wakeForServerDeath() {
+        eventLock.withLock {
+            counterMayHoldCount = true
+            if !gate.release() { _ = cshims_eventfd_write(fd, 1) }
+        }
+    }
+
     // MARK: requests
 
     func request(_ r: Request) throws(Errno) -> Reply {

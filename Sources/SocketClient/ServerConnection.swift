@@ -104,6 +104,24 @@ public final class ServerConnection: Sendable {
 
     deinit { close(controlFD) }
 
+    /// Watches the control socket from a thread of its own and, when the server goes away, wakes
+    /// every socket of this connection: their descriptors turn readable and writable, so an
+    /// application blocked in its own poll/epoll returns and its next call fails with ENETDOWN.
+    /// (The library's own blocking calls poll the control socket themselves.)
+    func startWatchdog(_ wakeSockets: @escaping @Sendable (ServerConnection) -> Void) {
+        let watchdog = Watchdog { [self] in
+            var pfd = pollfd(fd: controlFD, events: POLLRDHUP_, revents: 0)
+            while true {
+                let n = poll(&pfd, 1, -1)
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 || pfd.revents & (Int16(POLLHUP | POLLERR | POLLNVAL) | POLLRDHUP_) != 0 { break }
+            }
+            markDead()
+            wakeSockets(self)
+        }
+        watchdog.start()
+    }
+
     /// True once the server has gone away (every later call fails with ENETDOWN).
     public var isDead: Bool { dead.load(ordering: .acquiring) }
 
@@ -152,5 +170,30 @@ public final class ServerConnection: Sendable {
             return false
         }
         return true
+    }
+}
+
+/// A detached pthread running one closure.
+final class Watchdog: @unchecked Sendable {
+    // @unchecked Sendable: `body` is immutable and run once, on the new thread.
+    private let body: @Sendable () -> Void
+
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+
+    func start() {
+        var thread = pthread_t()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        // The watchdog must not take a signal meant for the application's threads.
+        var all = sigset_t(), old = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_SETMASK, &all, &old)
+        pthread_create(&thread, &attributes, { arg in
+            Unmanaged<Watchdog>.fromOpaque(arg!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(self).toOpaque())
+        pthread_sigmask(SIG_SETMASK, &old, nil)
+        pthread_attr_destroy(&attributes)
     }
 }

@@ -32,6 +32,7 @@ final class ClientState: Sendable {
             if let c = state.connection, !c.isDead { return c }
             let c = try ServerConnection.connect(path: state.path, transport: state.transport)
             state.connection = c
+            c.startWatchdog { dead in ClientState.shared.wakeSockets(of: dead) }
             return c
         }
     }
@@ -44,6 +45,12 @@ final class ClientState: Sendable {
     func register(_ s: ClientSocket) { sockets.withLock { $0[s.fd] = s } }
 
     func unregister(_ fd: Int32) -> ClientSocket? { sockets.withLock { $0.removeValue(forKey: fd) } }
+
+    /// The server behind `connection` is gone: make every one of its sockets readable and writable.
+    func wakeSockets(of connection: ServerConnection) {
+        let affected = sockets.withLock { $0.values.filter { $0.connection === connection } }
+        for s in affected { s.wakeForServerDeath() }
+    }
 }
 
 /// Runs `body`, turning a thrown `Errno` into -1 + errno.

@@ -113,6 +113,28 @@ struct FailureTests {
         #expect(status == .exited(0), "client-peer: \(peer.diagnostics)")
     }
 
+    @Test("SIGKILL of the server wakes an application blocked in its own poll(2); recv then says ENETDOWN")
+    func serverKilledUnderApplicationPoll() throws {
+        let server = try ServerProcess()
+        defer { server.stop() }
+        let peer = try ChildProcess("client-peer", ["polled-recv", "7412", "--socket-path", server.socketPath])
+        let ready = peer.waitForLine(timeout: 20) { $0 == "ready" || $0.hasPrefix("error") }
+        try #require(ready == "ready", "client-peer: \(peer.diagnostics)")
+        usleep(100_000)
+        #expect(peer.isAlive, "client-peer: \(peer.diagnostics)")
+        server.crash()
+        // The library's watchdog sees the control socket hang up and makes the descriptor readable.
+        let woke = peer.waitForLine(timeout: 5) { $0.hasPrefix("poll=") }
+        try #require(woke != nil, "poll(2) on the socket did not return within 5 s of the server's death: \(peer.diagnostics)")
+        #expect(Int16(fields(woke!)["poll"] ?? "0")! & Int16(POLLIN) != 0, "poll: \(woke!)")
+        let received = peer.waitForLine(timeout: 5) { $0.hasPrefix("recv=") }
+        try #require(received != nil, "recv did not return: \(peer.diagnostics)")
+        #expect(fields(received!)["recv"] == "-1")
+        #expect(fields(received!)["errno"] == String(ENETDOWN), "recv: \(received!)")
+        let (status, _) = peer.finish(timeout: 5)
+        #expect(status == .exited(0), "client-peer: \(peer.diagnostics)")
+    }
+
     // MARK: hostile control messages
 
     enum Outcome: Equatable, CustomStringConvertible {

@@ -7,6 +7,8 @@
 //   hold-sockets N     open and bind N UDP sockets to 127.0.0.1:0, print "ready", then sleep until killed
 //   blocked-recv PORT  bind 127.0.0.1:PORT, print "ready", block in recvfrom; when it returns print
 //                      "recv=RESULT errno=N", then try sko_socket and print "socket=FD errno=N"
+//   polled-recv PORT   like blocked-recv, but first waits in the application's own poll(2) on the
+//                      descriptor (no timeout); prints "poll=REVENTS" when poll returns, then recv
 //   round-trip PORT    socket (printing "socket-errno=N" and exiting 0 if that fails), bind
 //                      127.0.0.1:PORT, send a datagram to itself, receive it, print
 //                      "round-trip=ok transport=T" (or "round-trip=failed ...")
@@ -93,6 +95,20 @@ case "blocked-recv":
     say("recv=\(n) errno=\(n < 0 ? errno : 0)")
     let again = sko_socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
     say("socket=\(again) errno=\(again < 0 ? errno : 0)")
+    exit(0)
+
+case "polled-recv":
+    guard let port = args.first.flatMap({ UInt16($0) }) else { fail("polled-recv PORT") }
+    let fd = sko_socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    guard fd >= 0 else { fail("socket: \(Errno.current)") }
+    guard bind(fd, port) == 0 else { fail("bind: \(Errno.current)") }
+    say("ready")
+    var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    while poll(&pfd, 1, -1) < 0 && errno == EINTR {}
+    say("poll=\(pfd.revents)")
+    var buffer = [UInt8](repeating: 0, count: 2048)
+    let n = sko_recvfrom(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT), nil, nil)
+    say("recv=\(n) errno=\(n < 0 ? errno : 0)")
     exit(0)
 
 case "round-trip":
