@@ -69,23 +69,27 @@ let package = Package(
         .executableTarget(
             name: "udp-echo-server",
             dependencies: ["SocketClient", "SocketShared", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            path: "examples/udp-echo-server"
+            path: "examples/udp-echo-server",
+            exclude: ["README.md"]
         ),
         .executableTarget(
             name: "udp-echo-client",
             dependencies: ["SocketClient", "SocketShared", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            path: "examples/udp-echo-client"
+            path: "examples/udp-echo-client",
+            exclude: ["README.md"]
         ),
 
         .executableTarget(
             name: "tcp-echo-server",
             dependencies: ["SocketClient", "SocketShared", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            path: "examples/tcp-echo-server"
+            path: "examples/tcp-echo-server",
+            exclude: ["README.md"]
         ),
         .executableTarget(
             name: "tcp-echo-client",
             dependencies: ["SocketClient", "SocketShared", "CShims", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            path: "examples/tcp-echo-client"
+            path: "examples/tcp-echo-client",
+            exclude: ["README.md"]
         ),
 
         // Cross-process test peer: the other process in the shared-memory tests.

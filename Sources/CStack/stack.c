@@ -137,15 +137,22 @@ err_t netif_loop_output(struct netif *netif, struct pbuf *p) {
     return ERR_OK;
 }
 
-// Output functions of a loopback netif (for on-link peers that are not our own addresses).
+// Output functions of a loopback netif. lwIP calls them only for destinations on a loopback
+// network that are not one of our addresses (ours go straight to netif_loop_output): nobody is
+// there, and looping such a packet back would only have lwIP forward it around until its TTL ran
+// out. Refuse it, as a host with no route would.
 static err_t cstack_loop_output4(struct netif *netif, struct pbuf *p, const ip4_addr_t *addr) {
+    (void)netif;
+    (void)p;
     (void)addr;
-    return netif_loop_output(netif, p);
+    return ERR_RTE;
 }
 
 static err_t cstack_loop_output6(struct netif *netif, struct pbuf *p, const ip6_addr_t *addr) {
+    (void)netif;
+    (void)p;
     (void)addr;
-    return netif_loop_output(netif, p);
+    return ERR_RTE;
 }
 
 static err_t cstack_loopback_init(struct netif *netif) {
@@ -172,7 +179,8 @@ struct netif *cstack_loopback_add(const uint8_t *ip4, const uint8_t *mask4, uint
     netif->mtu6 = mtu;
     netif->rs_count = 0; // no router solicitations on a loopback
 #endif
-    if (cstack_loopback_count == 0) netif_set_default(netif);
+    // Not the default interface: a destination outside the loopback networks has no route
+    // (ENETUNREACH, as on a host without a default route) unless a TAP interface provides one.
     netif_set_link_up(netif);
     netif_set_up(netif);
     cstack_loopback_count++;

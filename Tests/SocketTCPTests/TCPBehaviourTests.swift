@@ -130,6 +130,17 @@ struct Behaviour {
         #expect(err == ECONNREFUSED, "got \(errnoName(err))")
     }
 
+    /// No TAP interface: an address outside the loopback networks has no route, and connect says so
+    /// at once (-1, ENETUNREACH), as a host without a default route does.
+    @Test func connectWithoutRouteIsUnreachable() throws {
+        let s = Sockets()
+        let fd = try s.tcp()
+        errno = 0
+        let rc = connect(fd, SocketAddress(host: "10.123.45.67", port: 80)!)
+        let err = errno
+        #expect(rc == -1 && err == ENETUNREACH, "connect: rc \(rc) \(errnoName(err))")
+    }
+
     @Test func nonBlockingConnectCompletes() throws {
         let s = Sockets()
         let port = TestPorts.next()

@@ -41,6 +41,9 @@ public final class StreamRingProducer {
     private let header: UnsafeMutableRawPointer
     private let data: UnsafeMutableRawPointer
     private var head: UInt32
+    /// The consumer's index as last read: free space computed from it is a lower bound, so a write
+    /// that fits needs no load of the consumer's cache line.
+    private var cachedTail: UInt32
 
     /// - Parameters:
     ///   - header: a `cshims_stream_ring` in shared memory.
@@ -50,8 +53,10 @@ public final class StreamRingProducer {
         self.header = header
         self.data = data
         self.geometry = geometry
-        self.head = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_HEAD))
-        if head >= geometry.modulus { head = 0 }
+        var h = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_HEAD))
+        if h >= geometry.modulus { h = 0 }
+        self.head = h
+        self.cachedTail = h
     }
 
     /// Bytes that can be written now.
@@ -61,12 +66,16 @@ public final class StreamRingProducer {
         guard let used = geometry.used(head: head, tail: tail) else {
             throw SharedError(.corruptSharedState, "stream ring consumer index \(tail)")
         }
+        cachedTail = tail
         return Int(geometry.capacity - used)
     }
 
     /// The free space as up to two contiguous regions; write into them, then `commit`.
     public func writableRegions() throws(SharedError) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer) {
-        let free = try freeSpace()
+        try regions(free: freeSpace())
+    }
+
+    private func regions(free: Int) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer) {
         let start = geometry.position(head)
         let first = min(free, Int(geometry.capacity) - start)
         return (UnsafeMutableRawBufferPointer(start: data + start, count: first),
@@ -85,7 +94,11 @@ public final class StreamRingProducer {
     /// - Returns: bytes written; less than the total when the ring is nearly full.
     @discardableResult
     public func write(_ buffers: [UnsafeRawBufferPointer]) throws(SharedError) -> Int {
-        var (r1, r2) = try writableRegions()
+        let wanted = buffers.reduce(0) { $0 + $1.count }
+        // The cached consumer index can only make the free space look smaller than it is.
+        var free = geometry.used(head: head, tail: cachedTail).map { Int(geometry.capacity - $0) } ?? 0
+        if free < wanted { free = try freeSpace() }
+        var (r1, r2) = regions(free: free)
         var written = 0
         outer: for buffer in buffers where buffer.count > 0 {
             var src = buffer.baseAddress!
@@ -117,13 +130,17 @@ public final class StreamRingConsumer {
     private let header: UnsafeMutableRawPointer
     private let data: UnsafeMutableRawPointer
     private var tail: UInt32
+    /// The producer's index as last read (a lower bound of what is ready; see the producer's).
+    private var cachedHead: UInt32
 
     public init(header: UnsafeMutableRawPointer, data: UnsafeMutableRawPointer, geometry: StreamRingGeometry) {
         self.header = header
         self.data = data
         self.geometry = geometry
-        self.tail = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_TAIL))
-        if tail >= geometry.modulus { tail = 0 }
+        var t = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_TAIL))
+        if t >= geometry.modulus { t = 0 }
+        self.tail = t
+        self.cachedHead = t
     }
 
     /// Bytes ready to read.
@@ -133,12 +150,16 @@ public final class StreamRingConsumer {
         guard let used = geometry.used(head: head, tail: tail) else {
             throw SharedError(.corruptSharedState, "stream ring producer index \(head)")
         }
+        cachedHead = head
         return Int(used)
     }
 
     /// The readable bytes from `offset` on, as up to two contiguous regions; read them, then `consume`.
     public func readableRegions(from offset: Int = 0) throws(SharedError) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer) {
-        let ready = try available()
+        try regions(ready: available(), from: offset)
+    }
+
+    private func regions(ready: Int, from offset: Int) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer) {
         guard offset < ready else {
             return (UnsafeRawBufferPointer(start: nil, count: 0), UnsafeRawBufferPointer(start: nil, count: 0))
         }
@@ -162,7 +183,10 @@ public final class StreamRingConsumer {
     /// - Returns: bytes copied.
     @discardableResult
     public func read(into buffers: [UnsafeMutableRawBufferPointer], offset: Int = 0, peek: Bool = false) throws(SharedError) -> Int {
-        var (r1, r2) = try readableRegions(from: offset)
+        let wanted = offset + buffers.reduce(0) { $0 + $1.count }
+        var ready = geometry.used(head: cachedHead, tail: tail).map { Int($0) } ?? 0
+        if ready < wanted { ready = try available() }
+        var (r1, r2) = regions(ready: ready, from: offset)
         var copied = 0
         outer: for buffer in buffers where buffer.count > 0 {
             var dst = buffer.baseAddress!
