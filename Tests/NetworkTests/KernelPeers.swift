@@ -65,7 +65,10 @@ enum KernelPeers {
     """#
 
     /// `udp_echo_check.py HOST PORT COUNT`: sends COUNT datagrams of 4 to 1400 bytes (numbered,
-    /// contents derived from the number), one at a time, and checks each echo byte for byte.
+    /// contents derived from the number), one at a time, and checks each echo byte for byte. Datagrams
+    /// 1 to 3 are 4000, 8000 and 12000 bytes: the kernel fragments them, lwIP reassembles each into a
+    /// pbuf chain (several receive items), and the echo leaves as a chain of send buffers that lwIP
+    /// fragments again (at most 10 fragments: lwIP's IP_REASS_MAX_PBUFS).
     static let udpEchoCheck = #"""
     import random, socket, sys
     host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -75,7 +78,7 @@ enum KernelPeers {
     s.connect((host, port))
     total = 0
     for seq in range(count):
-        size = 1400 if seq == 0 else 4 + (seq * 97) % 1397
+        size = 1400 if seq == 0 else (4000, 8000, 12000)[seq - 1] if seq <= 3 else 4 + (seq * 97) % 1397
         data = seq.to_bytes(4, "little") + random.Random(seq).randbytes(size - 4)
         s.send(data)
         try:

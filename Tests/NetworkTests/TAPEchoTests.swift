@@ -17,7 +17,7 @@ struct TAPEchoTests {
         let tcpScript = try net.script("tcp_echo_check.py", KernelPeers.tcpEchoCheck)
 
         for address in [net.stackIPv4, net.stackIPv6] {
-            // 300 datagrams of 4 to 1400 bytes, each echo checked byte for byte.
+            // 300 datagrams of 4 to 1400 bytes and three fragmented ones (4000-12000), each echo checked.
             let udp = try net.runKernel(["python3", udpScript, address, "7007", "300"], timeoutSeconds: 60)
             #expect(udp.succeeded && udp.output.contains("ok datagrams=300"), "UDP to \(address): \(udp)")
 
