@@ -18,6 +18,7 @@
 #ifndef SOCKET_OFFLOAD_H
 #define SOCKET_OFFLOAD_H
 
+#include <poll.h>
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -50,6 +51,10 @@ int sko_setsockopt(int fd, int level, int name, const void *value, socklen_t len
 int sko_ioctl(int fd, unsigned long request, int *arg);   /* FIONREAD, FIONBIO */
 int sko_fcntl(int fd, int cmd, int arg);                   /* F_GETFL, F_SETFL (O_NONBLOCK), F_GETFD */
 int sko_shutdown(int fd, int how);
+/* poll(2) with kernel-accurate readiness for the library's sockets (POLLIN only while something is
+ * to read, POLLHUP/POLLERR/POLLRDHUP after reset, close or FIN, no POLLIN while the send ring is
+ * full); other descriptors in fds are polled as usual. */
+int sko_poll(struct pollfd *fds, unsigned long nfds, int timeout);
 int sko_close(int fd);
 
 #ifdef __cplusplus

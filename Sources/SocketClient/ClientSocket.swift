@@ -171,6 +171,39 @@ class ClientSocket: @unchecked Sendable {
     /// Bytes ready to read (FIONREAD).
     func bytesReadable() throws(Errno) -> Int { 0 }
 
+    /// The socket's readiness as the kernel would report it to poll (POLLIN, POLLOUT, POLLHUP,
+    /// POLLERR, POLLRDHUP), computed from the channel's shared state alone (any thread may ask).
+    func readiness() -> Int16 {
+        connection.isDead ? Int16(POLLIN | POLLOUT | POLLHUP | POLLERR) : 0
+    }
+
+    /// Whether a full send ring can be waited for through the writability block (sockets with a
+    /// send ring in use).
+    var waitsForRoomWithGate: Bool { false }
+
+    /// Called by sko_poll before it sleeps on this socket's descriptor, with the readiness it found.
+    /// Drops a stale readable count (so the sleep is not cut short by it) and, when the caller waits
+    /// for room to write, sets the writability block so that its release (POLLOUT on the eventfd)
+    /// says there is room.
+    /// - Returns: the eventfd events to sleep on; nil when the descriptor cannot signal new data
+    ///   (the block holds it saturated): the caller then polls briefly instead.
+    func prepareToSleep(readiness: Int16, wants: Int16) -> Int16? {
+        eventLock.withLock {
+            let readable = readiness & Int16(POLLIN) != 0
+            if wants & Int16(POLLOUT) != 0 && readiness & Int16(POLLOUT) == 0 && waitsForRoomWithGate && !gate.isBlocked {
+                gate.block()
+                counterMayHoldCount = true
+                // Room may have appeared before the stack could see the block: then undo it.
+                if self.readiness() & Int16(POLLOUT) != 0 { gate.release() }
+            }
+            if !readable && !gate.isBlocked && (toApp.isPending || counterMayHoldCount) {
+                toApp.acknowledge()
+                counterMayHoldCount = false
+            }
+        }
+        return gate.isBlocked ? nil : Int16(POLLIN)
+    }
+
     /// Called after a successful connect request (datagram sockets remember their peer locally).
     func didConnect(_ address: SocketAddress) {}
 

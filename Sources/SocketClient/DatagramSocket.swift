@@ -61,6 +61,16 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         return (items, Int(first.total))
     }
 
+    override var waitsForRoomWithGate: Bool { true }
+
+    override func readiness() -> Int16 {
+        if connection.isDead { return super.readiness() }
+        var r: Int16 = 0
+        if receiveRing.sharedReady() > 0 || view.events & CSHIMS_EV_READ_EOF != 0 { r |= Int16(POLLIN) }
+        if sendRing.sharedReady() > 0 { r |= Int16(POLLOUT) }
+        return r
+    }
+
     override func bytesReadable() throws(Errno) -> Int {
         try receiveLock.withLock { () throws(Errno) -> Int in try head()?.total ?? 0 }
     }

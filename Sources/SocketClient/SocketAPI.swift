@@ -411,3 +411,67 @@ public func sko_read(_ fd: Int32, _ buf: UnsafeMutableRawPointer?, _ len: Int) -
 public func sko_write(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int) -> Int {
     sko_sendto(fd, buf, len, 0, nil, 0)
 }
+
+/// `poll` with kernel-accurate readiness for the library's sockets: POLLIN only while data, end of
+/// stream, an error or a connection is waiting; POLLOUT while the send ring has room; POLLHUP,
+/// POLLERR and POLLRDHUP as Linux reports them after a reset, a full close or the peer's FIN. Other
+/// descriptors in `fds` are polled as usual. Plain `poll(2)` on the descriptors also works, with the
+/// approximations the README describes (no POLLHUP/POLLERR, a spurious POLLIN while the send ring is
+/// full). The corresponding C function is `poll`.
+@_cdecl("sko_poll")
+public func sko_poll(_ fds: UnsafeMutablePointer<pollfd>?, _ nfds: UInt, _ timeout: Int32) -> Int32 {
+    bsd { () throws(Errno) -> Int32 in
+        guard nfds == 0 || fds != nil else { throw Errno(EFAULT) }
+        let entries = UnsafeMutableBufferPointer(start: fds, count: Int(nfds))
+        let sockets = entries.map { try? ClientState.shared.socket($0.fd) }
+        let deadline = timeout < 0 ? nil : monotonicNanoseconds() + UInt64(timeout) * 1_000_000
+        var scratch = entries.map { pollfd(fd: $0.fd, events: $0.events, revents: 0) }
+        while true {
+            // What is ready now: ours from the channels, the others from the kernel without waiting.
+            for i in scratch.indices { scratch[i].events = sockets[i] == nil ? entries[i].events : 0 }
+            if scratch.contains(where: { $0.events != 0 }) {
+                if poll(&scratch, nfds_t(scratch.count), 0) < 0 { throw Errno.current }
+            }
+            var ready: Int32 = 0
+            for i in entries.indices {
+                var revents = scratch[i].revents
+                if let s = sockets[i] {
+                    revents = s.readiness() & (entries[i].events | Int16(POLLHUP | POLLERR))
+                }
+                entries[i].revents = revents
+                if revents != 0 { ready += 1 }
+            }
+            if ready > 0 { return ready }
+            // Nothing yet: what to sleep on, per descriptor.
+            var canSleepOnEventfds = true
+            for i in scratch.indices {
+                scratch[i].revents = 0
+                guard let s = sockets[i] else {
+                    scratch[i].events = entries[i].events
+                    continue
+                }
+                if let events = s.prepareToSleep(readiness: s.readiness(), wants: entries[i].events) {
+                    // POLLIN: a signal from the stack; POLLOUT (only while the block is set):
+                    // its release, i.e. room to write.
+                    scratch[i].events = events
+                } else {
+                    // The block saturates the eventfd: its POLLOUT is the release; new data cannot
+                    // signal, so look again soon.
+                    scratch[i].events = Int16(POLLOUT)
+                    canSleepOnEventfds = false
+                }
+            }
+            var wait: Int32 = -1
+            if let deadline {
+                let now = monotonicNanoseconds()
+                if now >= deadline { return 0 }
+                wait = Int32(min((deadline - now + 999_999) / 1_000_000, UInt64(Int32.max)))
+            }
+            if !canSleepOnEventfds { wait = wait < 0 ? 1 : min(wait, 1) }
+            if poll(&scratch, nfds_t(scratch.count), wait) < 0 {
+                if errno == EINTR { throw Errno(EINTR) }
+                throw Errno.current
+            }
+        }
+    }
+}

@@ -280,6 +280,30 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
         return out
     }
 
+    override var waitsForRoomWithGate: Bool { currentState() == .connected }
+
+    override func readiness() -> Int16 {
+        if connection.isDead { return super.readiness() }
+        let events = view.events
+        let failed = events & CSHIMS_EV_ERROR != 0
+        var r: Int16 = 0
+        if failed && !errorReported.load(ordering: .relaxed) { r |= Int16(POLLERR) }
+        if events & CSHIMS_EV_HUP != 0 || (failed && events & CSHIMS_EV_RESET != 0) { r |= Int16(POLLHUP) }
+        switch currentState() {
+        case .listening:
+            if view.pendingAccepts > 0 { r |= Int16(POLLIN) }
+        case .fresh:
+            r |= Int16(POLLOUT | POLLHUP) // as Linux reports a socket that is not connected
+        case .connecting:
+            if failed { r |= Int16(POLLIN | POLLOUT) }
+        case .connected:
+            if receiveRing.sharedAvailable() > 0 || events & (CSHIMS_EV_READ_EOF | CSHIMS_EV_ERROR) != 0 { r |= Int16(POLLIN) }
+            if events & CSHIMS_EV_READ_EOF != 0 { r |= POLLRDHUP_ }
+            if sendRing.sharedFreeSpace() > 0 || failed || writeShut.load(ordering: .relaxed) { r |= Int16(POLLOUT) }
+        }
+        return r
+    }
+
     override func bytesReadable() throws(Errno) -> Int {
         do { return try receiveRing.available() } catch { throw Errno(EPROTO) }
     }

@@ -137,6 +137,14 @@ public final class BipartiteRingConsumer {
         return Int(n)
     }
 
+    /// Ready items from the shared indices alone, without this side's private state: safe from a
+    /// thread that does not own the consumer (readiness checks). 0 if the indices are corrupt.
+    public func sharedReady() -> Int {
+        let h = cshims_load_acquire_u32(header + Int(CSHIMS_BIPARTITE_HEAD))
+        let t = cshims_load_acquire_u32(header + Int(CSHIMS_BIPARTITE_TAIL))
+        return geometry.distance(from: t, to: h).map { Int($0) } ?? 0
+    }
+
     /// The `k`-th ready item (0 = the oldest); valid for k < ready(). The consumer owns it until it
     /// is handed back, and may rewrite it (e.g. fill a send buffer's length and address).
     public func item(_ k: Int) -> UnsafeMutablePointer<cshims_datagram_item> {

@@ -70,6 +70,14 @@ public final class StreamRingProducer {
         return Int(geometry.capacity - used)
     }
 
+    /// Free space from the shared indices alone, without touching this side's private state: safe
+    /// from a thread that does not own the producer (readiness checks). 0 if the indices are corrupt.
+    public func sharedFreeSpace() -> Int {
+        let h = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_HEAD))
+        let t = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_TAIL))
+        return geometry.used(head: h, tail: t).map { Int(geometry.capacity - $0) } ?? 0
+    }
+
     /// The free space as up to two contiguous regions; write into them, then `commit`.
     public func writableRegions() throws(SharedError) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer) {
         try regions(free: freeSpace())
@@ -152,6 +160,13 @@ public final class StreamRingConsumer {
         }
         cachedHead = head
         return Int(used)
+    }
+
+    /// Ready bytes from the shared indices alone (see `StreamRingProducer.sharedFreeSpace`).
+    public func sharedAvailable() -> Int {
+        let h = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_HEAD))
+        let t = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_TAIL))
+        return geometry.used(head: h, tail: t).map { Int($0) } ?? 0
     }
 
     /// The readable bytes from `offset` on, as up to two contiguous regions; read them, then `consume`.
