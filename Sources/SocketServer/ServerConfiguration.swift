@@ -27,6 +27,8 @@ public struct ServerConfiguration: Sendable {
     public var taps: [TAPConfiguration] = []
     /// Write every packet the stack sends and receives to this pcapng file.
     public var capturePath: String?
+    /// After each batch of work, keep polling for this long before sleeping (0: sleep at once).
+    public var busyPollMicroseconds: Int = 0
     /// Pin the stack thread to this CPU.
     public var cpu: Int?
     /// Place client segments on this NUMA node (default: the node of the stack thread's CPU).
@@ -59,6 +61,7 @@ public struct ServerConfiguration: Sendable {
             throw ServerError("datagram ring items x slot size must hold a 65,507-byte datagram")
         }
         guard streamRingSize >= 4096, streamRingSize <= 1 << 30 else { throw ServerError("--stream-ring-size must be between 4 KiB and 1 GiB") }
+        guard (0...1_000_000).contains(busyPollMicroseconds) else { throw ServerError("--busy-poll must be between 0 and 1000000 microseconds") }
         guard maxClients >= 1, maxSocketsPerClient >= 1 else { throw ServerError("limits must be at least 1") }
         guard Array(socketPath.utf8).count < 108 else { throw ServerError("--socket-path is longer than 107 bytes") }
         for tap in taps { try tap.validate() }

@@ -136,9 +136,15 @@ public final class SocketServer {
     /// Serves until SIGINT/SIGTERM/SIGHUP, then closes every session and removes the socket file.
     public func run() {
         running = true
+        let spin = UInt64(configuration.busyPollMicroseconds) * 1000
+        var lastWork: UInt64 = 0
         while running {
-            let events = loop.wait(timeoutMilliseconds: -1)
+            // Busy polling: for a while after the last work, look for more without sleeping, so that
+            // a reply arriving soon does not pay for waking this thread.
+            let polling = spin > 0 && monotonicNanoseconds() - lastWork < spin
+            let events = loop.wait(timeoutMilliseconds: polling ? 0 : -1)
             if events.isEmpty { continue }
+            if spin > 0 { lastWork = monotonicNanoseconds() }
             Stack.withLock {
                 for (token, flags) in events { dispatch(token, flags) }
                 for session in pendingCloses { end(session) }

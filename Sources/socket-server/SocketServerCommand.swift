@@ -120,6 +120,9 @@ struct SocketServerCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("MTU of the loopback interfaces.", valueName: "bytes"))
     var loopbackMTU: Int = 65535
 
+    @Option(name: .long, help: ArgumentHelp("Keep polling this many microseconds after each batch of work before sleeping.", discussion: "Trades CPU for latency: a message that arrives within the window does not wait for the stack thread to wake up. 0 (the default) sleeps at once.", valueName: "us"))
+    var busyPoll: Int = 0
+
     @Option(name: .long, help: ArgumentHelp("Pin the stack thread to this CPU.", valueName: "n"))
     var cpu: Int?
 
@@ -203,6 +206,7 @@ struct SocketServerCommand: ParsableCommand {
         config.loopbackMTU = UInt16(loopbackMTU)
         config.taps = try tapConfigurations()
         config.capturePath = capture
+        config.busyPollMicroseconds = busyPoll
         config.cpu = cpu
         config.numaNode = numaNode
         config.allowAnyUID = allowUID.contains("any")

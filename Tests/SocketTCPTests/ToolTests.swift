@@ -51,13 +51,16 @@ struct ToolTests {
                                                   "-lSocketClientDynamic", "-Wl,-rpath,\(dir)", "-o", program], name: "cc")
         let built = try #require(cc.wait(timeout: 120))
         try #require(built.status == 0, "cc failed: \(cc.logTail())")
-        let server = try ServerProcess(tag: "c-client")
-        defer { server.stop() }
-        let run = try ChildProcess(program, [server.socketPath], name: "c-client")
-        let result = try #require(run.wait(timeout: 30), "the C program hung")
-        #expect(result.status == 0, "C program: \(run.logTail())")
-        #expect(result.output.contains("udp ok"))
-        #expect(result.output.contains("tcp ok"))
+        // Against a default server, and against one that busy-polls (--busy-poll) between batches.
+        for arguments in [[], ["--busy-poll", "200"]] {
+            let server = try ServerProcess(tag: "c-client", arguments: arguments)
+            defer { server.stop() }
+            let run = try ChildProcess(program, [server.socketPath], name: "c-client")
+            let result = try #require(run.wait(timeout: 30), "the C program hung (server \(arguments))")
+            #expect(result.status == 0, "C program (server \(arguments)): \(run.logTail())")
+            #expect(result.output.contains("udp ok"))
+            #expect(result.output.contains("tcp ok"))
+        }
     }
 }
 
