@@ -113,7 +113,7 @@ let package = Package(
         // Integration tests against the real socket-server, echo examples and client-peer binaries.
         .testTarget(
             name: "SocketClientTests",
-            dependencies: ["SocketClient", "SocketShared", "CShims"]
+            dependencies: ["SocketClient", "SocketShared", "CShims", "TestSupport"]
         ),
         // Process helpers for tests (spawn and reap helper programs, a socket server per test, /proc
         // readings); any test target may depend on it.
