@@ -100,7 +100,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SocketSharedTests",
-            dependencies: ["SocketShared", "CShims"]
+            dependencies: ["SocketShared", "CShims", "TestSupport"]
         ),
 
         // The client peer of the UDP integration tests: a second SocketClient process the tests
