@@ -353,7 +353,7 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// Waits until the stdout file (or with `inErrorOutput` the stderr file) contains `text`; false
     /// if the program exits first without printing it, or `timeout` seconds pass.
-    public func waitForOutput(_ text: String, inErrorOutput: Bool = false, timeout: Double) -> Bool {
+    public func waitForOutput(_ text: String, inErrorOutput: Bool = false, timeout: Double = 10) -> Bool {
         let deadline = Deadline(seconds: timeout)
         while !deadline.expired {
             if (inErrorOutput ? errorOutput : output).contains(text) { return true }
