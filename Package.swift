@@ -140,7 +140,7 @@ let package = Package(
         // on them only through the build.
         .testTarget(
             name: "NetworkTests",
-            dependencies: []
+            dependencies: ["TestSupport"]
         ),
     ]
 )
