@@ -100,7 +100,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SocketSharedTests",
-            dependencies: ["SocketShared", "CShims"]
+            dependencies: ["SocketShared", "CShims", "TestSupport"]
         ),
 
         // The client peer of the UDP integration tests: a second SocketClient process the tests
@@ -113,7 +113,7 @@ let package = Package(
         // Integration tests against the real socket-server, echo examples and client-peer binaries.
         .testTarget(
             name: "SocketClientTests",
-            dependencies: ["SocketClient", "SocketShared", "CShims"]
+            dependencies: ["SocketClient", "SocketShared", "CShims", "TestSupport"]
         ),
         // Process helpers for tests (spawn and reap helper programs, a socket server per test, /proc
         // readings); any test target may depend on it.
@@ -140,7 +140,7 @@ let package = Package(
         // on them only through the build.
         .testTarget(
             name: "NetworkTests",
-            dependencies: []
+            dependencies: ["TestSupport"]
         ),
     ]
 )

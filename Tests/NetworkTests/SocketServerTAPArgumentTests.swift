@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -8,19 +9,19 @@ import Glibc
 @Suite("socket-server: TAP arguments")
 struct SocketServerTAPArgumentTests {
     /// Runs socket-server with `arguments` (bounded) in a scratch directory.
-    func runServer(_ arguments: [String]) throws -> NetworkProcess.Result {
+    func runServer(_ arguments: [String]) throws -> ChildProcess.Result {
         var template = Array("/tmp/skonet-args-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw SpawnError(command: "mkdtemp", code: errno) }
+        guard let made = mkdtemp(&template) else { throw TestSupportError("mkdtemp: errno \(errno)") }
         let directory = String(cString: made)
-        defer { _ = try? NetworkProcess.run(["rm", "-rf", directory], label: "rm", directory: directory) }
-        return try NetworkProcess.run([NetworkProcess.product("socket-server"), "--socket-path", "\(directory)/s.sock"] + arguments,
+        defer { _ = try? TestCommand.run(["rm", "-rf", directory], label: "rm", directory: directory) }
+        return try TestCommand.run([TestBinaries.path("socket-server"), "--socket-path", "\(directory)/s.sock"] + arguments,
                                       label: "socket-server", directory: directory, timeoutSeconds: 20)
     }
 
     @Test("a --tap name longer than 15 characters: clear message, exit status 1")
     func tapNameTooLong() throws {
         let r = try runServer(["--tap", "sixteen-chars-xx", "--address", "10.77.99.2/24"])
-        #expect(r.status == 1, "\(r)")
+        #expect(r.status == .exited(1), "\(r)")
         #expect(r.errorOutput.contains("--tap name must have 1 to 15 characters"), "\(r)")
         #expect(!r.errorOutput.contains("listening on"), "\(r)")
     }
@@ -32,7 +33,7 @@ struct SocketServerTAPArgumentTests {
     ])
     func perTAPOptionBeforeTap(arguments: [String]) throws {
         let r = try runServer(arguments)
-        #expect(r.status == 1, "\(r)")
+        #expect(r.status == .exited(1), "\(r)")
         #expect(r.errorOutput.contains("configure a TAP interface: put them after its --tap NAME"), "\(r)")
     }
 
@@ -42,11 +43,11 @@ struct SocketServerTAPArgumentTests {
         defer { net.teardown() }
         let name = "fifteen-chars-x"
         try #require(name.utf8.count == 15)
-        let server = try net.startKernel([NetworkProcess.product("socket-server"), "--socket-path", net.socketPath,
+        let server = try net.startKernel([TestBinaries.path("socket-server"), "--socket-path", net.socketPath,
                                           "--tap", name, "--address", "10.77.10.2/24"], label: "socket-server-15")
-        #expect(server.waitForOutput("listening on \(net.socketPath)", inErrorOutput: true, timeoutSeconds: 20), "\(server.transcript)")
+        #expect(server.waitForOutput("listening on \(net.socketPath)", inErrorOutput: true, timeout: 20), "\(server.diagnostics)")
         let link = try net.runKernel(["ip", "link", "show", "dev", name], timeoutSeconds: 10)
         #expect(link.succeeded, "\(link)")
-        #expect(server.stop(SIGTERM, graceSeconds: 10) == 0, "\(server.transcript)")
+        #expect(server.stop(SIGTERM, grace: 10) == .exited(0), "\(server.diagnostics)")
     }
 }

@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 
 /// 100 MiB of random bytes each way between a kernel program and a stack application, checked by
@@ -27,26 +28,26 @@ struct TAPBulkTransferTests {
         // Kernel -> stack.
         let received = "\(net.directory)/received.bin"
         let sink = try net.startStack("net-peer", ["tcp-sink", net.socketPath, stackAddress, "5001", received])
-        try #require(sink.waitForOutput("listening on"), "\(sink.transcript)")
+        try #require(sink.waitForOutput("listening on"), "\(sink.diagnostics)")
         let sender = try net.runKernel(["python3", try net.script("tcp_send.py", KernelPeers.tcpSend), stackAddress, "5001", source],
                                        timeoutSeconds: 120)
         #expect(sender.succeeded, "\(sender)")
-        let sent = resultFields(sender.output)
+        let sent = ChildProcess.fields(sender.output)
         #expect(sent["sha256"] == expected && sent["bytes"] == "\(Self.bytes)" && sent["extra"] == "0", "\(sender)")
-        #expect(sink.wait(timeoutSeconds: 30) == 0, "\(sink.transcript)")
-        #expect(resultFields(sink.output)["bytes"] == "\(Self.bytes)", "\(sink.transcript)")
+        #expect(sink.finish(timeout: 30).status == .exited(0), "\(sink.diagnostics)")
+        #expect(ChildProcess.fields(sink.output)["bytes"] == "\(Self.bytes)", "\(sink.diagnostics)")
         #expect(try net.sha256(ofFile: received) == expected, "kernel -> stack: the bytes the stack received differ from the file")
         _ = try net.host(["rm", "-f", received])
 
         // Stack -> kernel.
         let receiver = try net.startKernel(["python3", try net.script("tcp_recv.py", KernelPeers.tcpReceive), kernelAddress, "5002"])
-        try #require(receiver.waitForOutput("listening"), "\(receiver.transcript)")
+        try #require(receiver.waitForOutput("listening"), "\(receiver.diagnostics)")
         let source2 = try net.runStack("net-peer", ["tcp-source", net.socketPath, kernelAddress, "5002", source], timeoutSeconds: 120)
-        #expect(source2.succeeded && resultFields(source2.output)["bytes"] == "\(Self.bytes)", "\(source2)")
-        #expect(receiver.wait(timeoutSeconds: 30) == 0, "\(receiver.transcript)")
-        let got = resultFields(receiver.output)
-        #expect(got["sha256"] == expected && got["bytes"] == "\(Self.bytes)", "stack -> kernel: \(receiver.transcript)")
+        #expect(source2.succeeded && ChildProcess.fields(source2.output)["bytes"] == "\(Self.bytes)", "\(source2)")
+        #expect(receiver.finish(timeout: 30).status == .exited(0), "\(receiver.diagnostics)")
+        let got = ChildProcess.fields(receiver.output)
+        #expect(got["sha256"] == expected && got["bytes"] == "\(Self.bytes)", "stack -> kernel: \(receiver.diagnostics)")
 
-        #expect(net.stopServer() == 0, "\(net.server?.transcript ?? "")")
+        #expect(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
     }
 }

@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -48,14 +49,14 @@ struct TAPCaptureTests {
         // TCP from the kernel: 512 KiB one way to a stack reader that closes after the end of stream.
         let file = try net.randomFile("half.bin", bytes: 512 << 10)
         let sink = try net.startStack("net-peer", ["tcp-sink", net.socketPath, net.stackIPv4, "5001", "\(net.directory)/half.out"])
-        try #require(sink.waitForOutput("listening on"), "\(sink.transcript)")
+        try #require(sink.waitForOutput("listening on"), "\(sink.diagnostics)")
         let sender = try net.runKernel(["python3", try net.script("tcp_send.py", KernelPeers.tcpSend), net.stackIPv4, "5001", file], timeoutSeconds: 60)
         try #require(sender.succeeded, "\(sender)")
-        #expect(sink.wait(timeoutSeconds: 30) == 0, "\(sink.transcript)")
+        #expect(sink.finish(timeout: 30).status == .exited(0), "\(sink.diagnostics)")
 
         // A clean stop flushes and closes the file.
-        try #require(net.stopServer() == 0, "\(net.server?.transcript ?? "")")
-        let dump = try NetworkProcess.run(["tcpdump", "-n", "-S", "-tt", "-r", capture], label: "tcpdump", directory: net.directory)
+        try #require(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
+        let dump = try TestCommand.run(["tcpdump", "-n", "-S", "-tt", "-r", capture], label: "tcpdump", directory: net.directory)
         try #require(dump.succeeded, "\(dump)")
         #expect(!dump.errorOutput.contains("truncated") && !dump.errorOutput.lowercased().contains("warning"), "\(dump.errorOutput)")
         let summary = CaptureSummary(tcpdump: dump.output)

@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 
 /// Kernel programs as the peers of the stack's applications, over the TAP link, IPv4 and IPv6: the
@@ -11,8 +12,8 @@ struct TAPEchoTests {
         try net.startServer()
         let udpServer = try net.startStack("udp-echo-server", ["--socket-path", net.socketPath, "--port", "7007"])
         let tcpServer = try net.startStack("tcp-echo-server", ["--socket-path", net.socketPath, "--port", "7008"])
-        try #require(udpServer.waitForOutput("listening on [::]:7007"), "\(udpServer.transcript)")
-        try #require(tcpServer.waitForOutput("listening on [::]:7008"), "\(tcpServer.transcript)")
+        try #require(udpServer.waitForOutput("listening on [::]:7007"), "\(udpServer.diagnostics)")
+        try #require(tcpServer.waitForOutput("listening on [::]:7008"), "\(tcpServer.diagnostics)")
         let udpScript = try net.script("udp_echo_check.py", KernelPeers.udpEchoCheck)
         let tcpScript = try net.script("tcp_echo_check.py", KernelPeers.tcpEchoCheck)
 
@@ -29,9 +30,9 @@ struct TAPEchoTests {
             let nc = try net.runKernel(["sh", "-c", "printf 'hello through the stack\\n' | nc -N -w 10 \(address) 7008"], timeoutSeconds: 30)
             #expect(nc.succeeded && nc.output == "hello through the stack\n", "nc to \(address): \(nc)")
         }
-        #expect(udpServer.poll() == false, "udp-echo-server died: \(udpServer.transcript)")
-        #expect(tcpServer.poll() == false, "tcp-echo-server died: \(tcpServer.transcript)")
-        #expect(net.stopServer() == 0, "\(net.server?.transcript ?? "")")
+        #expect(udpServer.isRunning, "udp-echo-server died: \(udpServer.diagnostics)")
+        #expect(tcpServer.isRunning, "tcp-echo-server died: \(tcpServer.diagnostics)")
+        #expect(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
     }
 
     @Test("udp-echo-client and tcp-echo-client on the stack against kernel socat echo servers")
@@ -42,7 +43,7 @@ struct TAPEchoTests {
         // capture is kept with NETWORK_TESTS_KEEP=1; the kernel's tail goes into the failure message).
         try net.startServer(extraArguments: ["--capture", "\(net.directory)/capture.pcapng"])
         let dump = try net.startKernel(["tcpdump", "-i", net.tap, "-n", "-U", "-w", "\(net.directory)/kernel.pcap"])
-        try #require(dump.waitForOutput("listening on", inErrorOutput: true), "\(dump.transcript)")
+        try #require(dump.waitForOutput("listening on", inErrorOutput: true), "\(dump.diagnostics)")
         _ = try net.startKernel(["socat", "UDP4-RECVFROM:9001,fork", "PIPE"])
         _ = try net.startKernel(["socat", "UDP6-RECVFROM:9002,fork", "PIPE"])
         _ = try net.startKernel(["socat", "TCP4-LISTEN:9000,fork,reuseaddr", "PIPE"])
@@ -66,7 +67,7 @@ struct TAPEchoTests {
             #expect(tcp.succeeded && tcp.output.contains("connections=4 bytes=\(4 << 20)") && tcp.output.contains("mismatches=0"),
                     "TCP to \(address): \(tcp)")
         }
-        #expect(net.stopServer() == 0, "\(net.server?.transcript ?? "")")
+        #expect(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
     }
 
     /// A stack application that reads to the end of the stream and closes must end the connection
@@ -83,12 +84,12 @@ struct TAPEchoTests {
             let address = round % 2 == 0 ? net.stackIPv4 : net.stackIPv6
             let port = "\(5100 + round)"
             let sink = try net.startStack("net-peer", ["tcp-sink", net.socketPath, address, port, "\(net.directory)/out.bin"])
-            try #require(sink.waitForOutput("listening on"), "\(sink.transcript)")
+            try #require(sink.waitForOutput("listening on"), "\(sink.diagnostics)")
             // tcp_send.py fails with ECONNRESET if the stack resets instead of closing.
             let sender = try net.runKernel(["python3", sendScript, address, port, file], timeoutSeconds: 30)
-            #expect(sender.succeeded && resultFields(sender.output)["bytes"] == "300000", "round \(round): \(sender)")
-            #expect(sink.wait(timeoutSeconds: 20) == 0 && resultFields(sink.output)["bytes"] == "300000", "round \(round): \(sink.transcript)")
+            #expect(sender.succeeded && ChildProcess.fields(sender.output)["bytes"] == "300000", "round \(round): \(sender)")
+            #expect(sink.finish(timeout: 20).status == .exited(0) && ChildProcess.fields(sink.output)["bytes"] == "300000", "round \(round): \(sink.diagnostics)")
         }
-        #expect(net.stopServer() == 0, "\(net.server?.transcript ?? "")")
+        #expect(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
     }
 }

@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -20,8 +21,8 @@ final class TAPNetwork {
     let tap: String
     let directory: String
     let socketPath: String
-    private(set) var server: NetworkProcess?
-    private var processes: [NetworkProcess] = []
+    private(set) var server: ChildProcess?
+    private var processes: [ChildProcess] = []
     private var counter = 0
 
     var kernelIPv4: String { "10.77.\(subnet).1" }
@@ -72,7 +73,7 @@ final class TAPNetwork {
         namespace = "skonet-\(label)-\(getpid())"
         tap = "sko\(subnet)"
         var template = Array("/tmp/skonet-\(label)-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw SpawnError(command: "mkdtemp", code: errno) }
+        guard let made = mkdtemp(&template) else { throw TestSupportError("mkdtemp: errno \(errno)") }
         directory = String(cString: made)
         socketPath = "\(directory)/server.sock"
         do {
@@ -106,47 +107,47 @@ final class TAPNetwork {
 
     /// A command in the host's namespace that must succeed.
     @discardableResult
-    func host(_ arguments: [String], timeoutSeconds: Double = 30) throws -> NetworkProcess.Result {
-        let r = try NetworkProcess.run(arguments, label: nextLabel(arguments[0]), directory: directory, timeoutSeconds: timeoutSeconds)
+    func host(_ arguments: [String], timeoutSeconds: Double = 30) throws -> ChildProcess.Result {
+        let r = try TestCommand.run(arguments, label: nextLabel(arguments[0]), directory: directory, timeoutSeconds: timeoutSeconds)
         guard r.succeeded else { throw SetupError(description: "setup command failed:\n\(r)") }
         return r
     }
 
     /// A command inside the namespace that must succeed.
     @discardableResult
-    func inside(_ arguments: [String], timeoutSeconds: Double = 30) throws -> NetworkProcess.Result {
+    func inside(_ arguments: [String], timeoutSeconds: Double = 30) throws -> ChildProcess.Result {
         try host(["ip", "netns", "exec", namespace] + arguments, timeoutSeconds: timeoutSeconds)
     }
 
     /// Runs a kernel-side command to completion (bounded); the caller checks the result.
-    func runKernel(_ arguments: [String], timeoutSeconds: Double = 60) throws -> NetworkProcess.Result {
-        try NetworkProcess.run(["ip", "netns", "exec", namespace] + arguments, label: nextLabel(arguments[0]), directory: directory, timeoutSeconds: timeoutSeconds)
+    func runKernel(_ arguments: [String], timeoutSeconds: Double = 60) throws -> ChildProcess.Result {
+        try TestCommand.run(["ip", "netns", "exec", namespace] + arguments, label: nextLabel(arguments[0]), directory: directory, timeoutSeconds: timeoutSeconds)
     }
 
     /// Starts a kernel-side program in the background (stopped by `teardown`).
-    func startKernel(_ arguments: [String], label: String? = nil) throws -> NetworkProcess {
-        let p = try NetworkProcess(["ip", "netns", "exec", namespace] + arguments, label: label ?? nextLabel(arguments[0]), directory: directory)
+    func startKernel(_ arguments: [String], label: String? = nil) throws -> ChildProcess {
+        let p = try TestCommand.start(["ip", "netns", "exec", namespace] + arguments, label: label ?? nextLabel(arguments[0]), directory: directory)
         processes.append(p)
         return p
     }
 
     /// Starts one of the package's executables on the stack side (outside the namespace), in the
     /// background (stopped by `teardown`).
-    func startStack(_ product: String, _ arguments: [String], label: String? = nil) throws -> NetworkProcess {
-        let p = try NetworkProcess([NetworkProcess.product(product)] + arguments, label: label ?? nextLabel(product), directory: directory)
+    func startStack(_ product: String, _ arguments: [String], label: String? = nil) throws -> ChildProcess {
+        let p = try TestCommand.start([TestBinaries.path(product)] + arguments, label: label ?? nextLabel(product), directory: directory)
         processes.append(p)
         return p
     }
 
     /// Runs one of the package's executables on the stack side to completion (bounded).
-    func runStack(_ product: String, _ arguments: [String], timeoutSeconds: Double = 60) throws -> NetworkProcess.Result {
-        try NetworkProcess.run([NetworkProcess.product(product)] + arguments, label: nextLabel(product), directory: directory, timeoutSeconds: timeoutSeconds)
+    func runStack(_ product: String, _ arguments: [String], timeoutSeconds: Double = 60) throws -> ChildProcess.Result {
+        try TestCommand.run([TestBinaries.path(product)] + arguments, label: nextLabel(product), directory: directory, timeoutSeconds: timeoutSeconds)
     }
 
     /// Writes a kernel-side Python script into the test's directory and returns its path.
     func script(_ name: String, _ source: String) throws -> String {
         let path = "\(directory)/\(name)"
-        try writeTextFile(path, source)
+        try TestFiles.write(path, source)
         return path
     }
 
@@ -160,26 +161,26 @@ final class TAPNetwork {
 
     /// Starts `socket-server` inside the namespace on the TAP device and waits until it serves.
     func startServer(extraArguments: [String] = []) throws {
-        let arguments = [NetworkProcess.product("socket-server"), "--socket-path", socketPath,
+        let arguments = [TestBinaries.path("socket-server"), "--socket-path", socketPath,
                          "--tap", tap, "--address", "\(stackIPv4)/24", "--address", "\(stackIPv6)/64",
                          "--gateway", kernelIPv4] + extraArguments
-        let p = try NetworkProcess(["ip", "netns", "exec", namespace] + arguments, label: "socket-server", directory: directory)
+        let p = try TestCommand.start(["ip", "netns", "exec", namespace] + arguments, label: "socket-server", directory: directory)
         server = p
-        guard p.waitForOutput("listening on \(socketPath)", inErrorOutput: true, timeoutSeconds: 20) else {
-            throw SetupError(description: "socket-server did not start\n\(p.transcript)")
+        guard p.waitForOutput("listening on \(socketPath)", inErrorOutput: true, timeout: 20) else {
+            throw SetupError(description: "socket-server did not start\n\(p.diagnostics)")
         }
     }
 
     /// Stops the server with SIGTERM. - Returns: its exit status, nil if it had to be killed.
-    func stopServer() -> Int32? {
+    func stopServer() -> ChildProcess.ExitStatus? {
         guard let server else { return nil }
-        return server.stop(SIGTERM, graceSeconds: 10)
+        return server.stop(SIGTERM, grace: 10)
     }
 
     /// Waits until a kernel-side program listens on `port` (TCP, or UDP with `udp`).
     func waitForKernelListener(port: Int, udp: Bool = false, timeoutSeconds: Double = 10) throws {
-        let deadline = monotonicSeconds() + timeoutSeconds
-        while monotonicSeconds() < deadline {
+        let deadline = Deadline(seconds: timeoutSeconds)
+        while !deadline.expired {
             let r = try runKernel(["ss", "-Hn", udp ? "-lu" : "-lt", "sport = :\(port)"], timeoutSeconds: 10)
             if r.succeeded && r.output.contains(":\(port)") { return }
             usleep(20_000)
@@ -196,27 +197,27 @@ final class TAPNetwork {
     /// Makes a file of `bytes` random bytes (from /dev/urandom) in the test's directory.
     func randomFile(_ name: String, bytes: Int) throws -> String {
         let path = "\(directory)/\(name)"
-        let p = try NetworkProcess(["head", "-c", "\(bytes)", "/dev/urandom"], label: nextLabel("head"), directory: directory, stdoutPath: path)
-        guard p.wait(timeoutSeconds: 60) == 0 else { throw SetupError(description: "cannot make \(path): \(p.transcript)") }
+        let p = try TestCommand.start(["head", "-c", "\(bytes)", "/dev/urandom"], label: nextLabel("head"), directory: directory, stdoutPath: path)
+        guard p.finish(timeout: 60).status == .exited(0) else { throw SetupError(description: "cannot make \(path): \(p.diagnostics)") }
         return path
     }
 
     /// The last lines of `kernel.pcap` in the test's directory (a kernel-side tcpdump the test runs
     /// for diagnostics), for failure messages.
     func kernelCaptureTail(lines: Int = 40) throws -> String {
-        let r = try NetworkProcess.run(["tcpdump", "-n", "-tt", "-r", "\(directory)/kernel.pcap"], label: nextLabel("tcpdump"), directory: directory)
+        let r = try TestCommand.run(["tcpdump", "-n", "-tt", "-r", "\(directory)/kernel.pcap"], label: nextLabel("tcpdump"), directory: directory)
         return r.output.split(separator: "\n").suffix(lines).joined(separator: "\n") + r.errorOutput.suffix(300)
     }
 
     // MARK: teardown
 
     func teardown() {
-        for p in processes.reversed() { p.stop(SIGTERM, graceSeconds: 3) }
-        if let server { server.stop(SIGTERM, graceSeconds: 10) }
+        for p in processes.reversed() { p.stop(SIGTERM, grace: 3) }
+        if let server { server.stop(SIGTERM, grace: 10) }
         // Anything still in the namespace (socat's forked children, a stuck script) was started by
         // this test: kill it by pid so the namespace can go.
         for _ in 0..<3 {
-            guard let r = try? NetworkProcess.run(["ip", "netns", "pids", namespace], label: nextLabel("pids"), directory: directory, timeoutSeconds: 10),
+            guard let r = try? TestCommand.run(["ip", "netns", "pids", namespace], label: nextLabel("pids"), directory: directory, timeoutSeconds: 10),
                   r.succeeded else { break }
             let pids = r.output.split(separator: "\n").compactMap { pid_t($0.trimmingCharacters(in: " ")) }
             if pids.isEmpty { break }
@@ -224,16 +225,35 @@ final class TAPNetwork {
             usleep(100_000)
         }
         for device in relayed ? [tap, relayDevice, kernelDevice, bridge] : [tap] {
-            _ = try? NetworkProcess.run(["ip", "-n", namespace, "link", "del", device], label: nextLabel("linkdel"), directory: directory, timeoutSeconds: 10)
+            _ = try? TestCommand.run(["ip", "-n", namespace, "link", "del", device], label: nextLabel("linkdel"), directory: directory, timeoutSeconds: 10)
         }
-        _ = try? NetworkProcess.run(["ip", "netns", "del", namespace], label: nextLabel("nsdel"), directory: directory, timeoutSeconds: 10)
+        _ = try? TestCommand.run(["ip", "netns", "del", namespace], label: nextLabel("nsdel"), directory: directory, timeoutSeconds: 10)
         // rm removes its own output files with the directory; its open descriptors do not mind.
         // NETWORK_TESTS_KEEP=1 keeps the directory (logs, captures) for a post-mortem.
         if getenv("NETWORK_TESTS_KEEP") != nil {
             print("NetworkTests \(label): kept \(directory)")
             return
         }
-        _ = try? NetworkProcess.run(["rm", "-rf", directory], label: nextLabel("rm"), directory: directory, timeoutSeconds: 30)
+        _ = try? TestCommand.run(["rm", "-rf", directory], label: nextLabel("rm"), directory: directory, timeoutSeconds: 30)
+    }
+}
+
+/// How the network tests run programs: stdin /dev/null, stdout and stderr in `LABEL.out` and
+/// `LABEL.err` of the test's directory, so that a chatty program can never block on a full pipe and
+/// its output is still there after it died (and, with NETWORK_TESTS_KEEP, after the test).
+enum TestCommand {
+    /// Starts `arguments[0]` (a path, or a name looked up in `PATH`).
+    /// - Parameter stdoutPath: send stdout to this file instead (e.g. a data file).
+    static func start(_ arguments: [String], label: String, directory: String, stdoutPath: String? = nil) throws -> ChildProcess {
+        try ChildProcess(arguments[0], Array(arguments.dropFirst()), name: label,
+                         stdout: .file(stdoutPath ?? "\(directory)/\(label).out"), stderr: .file("\(directory)/\(label).err"))
+    }
+
+    /// Runs a command to completion (killed after `timeoutSeconds`) and returns its status and output.
+    static func run(_ arguments: [String], label: String, directory: String, timeoutSeconds: Double = 30) throws -> ChildProcess.Result {
+        try ChildProcess.run(arguments[0], Array(arguments.dropFirst()), name: label,
+                             stdout: .file("\(directory)/\(label).out"), stderr: .file("\(directory)/\(label).err"),
+                             timeout: timeoutSeconds)
     }
 }
 

@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 
 /// The stack answers the kernel's ICMP echo on its TAP addresses, IPv4 and IPv6: ARP and neighbour
@@ -25,6 +26,6 @@ struct TAPPingTests {
             #expect(r.output.contains("3 packets transmitted, 3 received"), "\(name): \(r)")
         }
         // The server is still healthy and stops cleanly.
-        #expect(net.stopServer() == 0, "\(net.server?.transcript ?? "")")
+        #expect(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
     }
 }

@@ -1,4 +1,5 @@
 import SocketShared
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -60,14 +61,14 @@ struct EchoExamplesTests {
                          // Not a timing assertion: an echo is "lost" only after 10 s (default 1 s).
                          "--timeout", "10000"]
         if let t = run.clientTransport { arguments += ["--transport", t] }
-        let client = try ChildProcess("udp-echo-client", arguments, stderrPath: server.socketPath + ".client-stderr")
+        let client = try ChildProcess(TestBinaries.path("udp-echo-client"), arguments, stderr: .file(server.socketPath + ".client-stderr", append: true))
         defer { unlink(server.socketPath + ".client-stderr") }
         // Generous: 10,000 round trips take about 3 s in a debug build.
         let (status, output) = client.finish(timeout: 90)
         let report = output.last(where: { $0.hasPrefix("sent=") }) ?? ""
         let diagnostics = "\(client.diagnostics)\nserver log:\n\(server.log)\necho server:\n\(echo.process.diagnostics)"
         #expect(status == .exited(0), "udp-echo-client: \(status.map { "\($0)" } ?? "did not finish in 90 s")\n\(diagnostics)")
-        let f = fields(report)
+        let f = ChildProcess.fields(report)
         #expect(f["sent"] == String(run.count), "\(report)")
         #expect(f["received"] == String(run.count), "\(report)\n\(diagnostics)")
         #expect(f["lost"] == "0", "\(report)")
@@ -75,7 +76,7 @@ struct EchoExamplesTests {
         #expect(f["duplicates"] == "0", "\(report)")
         #expect(f["transport"] == run.expected, "\(report)")
         // The echo server is still up after the run: nothing in the exchange killed it.
-        #expect(echo.process.isAlive, "udp-echo-server died: \(echo.process.diagnostics)")
+        #expect(echo.process.isRunning, "udp-echo-server died: \(echo.process.diagnostics)")
     }
 }
 
@@ -85,21 +86,21 @@ final class EchoServer: @unchecked Sendable {
     let transport: String
 
     init(_ server: ServerProcess, port: UInt16, arguments: [String] = []) throws {
-        process = try ChildProcess("udp-echo-server", ["--socket-path", server.socketPath, "--port", String(port)] + arguments,
-                                   stderrPath: server.socketPath + ".echo-stderr")
+        process = try ChildProcess(TestBinaries.path("udp-echo-server"), ["--socket-path", server.socketPath, "--port", String(port)] + arguments,
+                                   stderr: .file(server.socketPath + ".echo-stderr", append: true))
         guard let line = process.waitForLine(timeout: 10, { $0.hasPrefix("transport ") }) else {
             process.kill(SIGKILL)
-            throw TestFailure("udp-echo-server did not start within 10 s: \(process.diagnostics)")
+            throw TestSupportError("udp-echo-server did not start within 10 s: \(process.diagnostics)")
         }
         transport = String(line.dropFirst("transport ".count))
         // Both sockets are bound (it prints "listening on" for each before the transport line).
         guard process.transcript.filter({ $0.hasPrefix("listening on ") }).count == 2 || !arguments.isEmpty else {
-            throw TestFailure("udp-echo-server did not bind both families: \(process.diagnostics)")
+            throw TestSupportError("udp-echo-server did not bind both families: \(process.diagnostics)")
         }
     }
 
     func stop() {
-        process.terminate()
+        process.stop()
         if let path = process.stderrPath { unlink(path) }
     }
 

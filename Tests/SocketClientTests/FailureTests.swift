@@ -1,5 +1,6 @@
 import Foundation
 import SocketShared
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -35,8 +36,8 @@ struct FailureTests {
     }
 
     /// Runs `client-peer round-trip PORT` against `server` and returns its result line.
-    static func roundTrip(_ socketPath: String, port: UInt16, extra: [String] = []) throws -> (status: ExitStatus?, line: String, diagnostics: String) {
-        let peer = try ChildProcess("client-peer", ["round-trip", String(port), "--socket-path", socketPath] + extra)
+    static func roundTrip(_ socketPath: String, port: UInt16, extra: [String] = []) throws -> (status: ChildProcess.ExitStatus?, line: String, diagnostics: String) {
+        let peer = try ChildProcess(TestBinaries.path("client-peer"), ["round-trip", String(port), "--socket-path", socketPath] + extra)
         let (status, output) = peer.finish(timeout: 20)
         return (status, output.last ?? "", peer.diagnostics)
     }
@@ -53,7 +54,7 @@ struct FailureTests {
         let before = Self.settledCounts(server)
         try #require(before.descriptors > 0 && before.segmentMappings >= 1, "cannot read /proc/\(server.pid): \(before)")
 
-        let peer = try ChildProcess("client-peer", ["hold-sockets", "100", "--socket-path", server.socketPath])
+        let peer = try ChildProcess(TestBinaries.path("client-peer"), ["hold-sockets", "100", "--socket-path", server.socketPath])
         let ready = peer.waitForLine(timeout: 20) { $0.hasPrefix("ready") || $0.hasPrefix("error") }
         try #require(ready == "ready sockets=100", "client-peer: \(peer.diagnostics)")
         let during = Counts(server)
@@ -62,20 +63,20 @@ struct FailureTests {
         #expect(during.segmentMappings > before.segmentMappings, "before: \(before), with 100 sockets: \(during)")
 
         peer.kill(SIGKILL)
-        #expect(peer.wait(timeout: 5) == .signaled(SIGKILL))
+        #expect(peer.waitForExit(timeout: 5) == .signaled(SIGKILL))
         var after = Counts(server)
-        let released = eventually(timeout: 5) {
+        let released = waitUntil(timeout: 5, interval: 0.01) {
             after = Counts(server)
             return after == before
         }
         #expect(released, "5 s after SIGKILL of the client: \(after); before it started: \(before)\n\(server.log)")
-        #expect(server.process.isAlive)
+        #expect(server.process.isRunning)
 
         // The client that was there all along still works.
-        let client = try ChildProcess("udp-echo-client", ["127.0.0.1", "7401", "--count", "200", "--timeout", "10000", "--socket-path", server.socketPath])
+        let client = try ChildProcess(TestBinaries.path("udp-echo-client"), ["127.0.0.1", "7401", "--count", "200", "--timeout", "10000", "--socket-path", server.socketPath])
         let (status, output) = client.finish(timeout: 30)
         #expect(status == .exited(0), "udp-echo-client after the kill: \(client.diagnostics)")
-        #expect(output.last.map { fields($0)["received"] } == "200")
+        #expect(output.last.map { ChildProcess.fields($0)["received"] } == "200")
     }
 
     // MARK: the server killed under a blocked client
@@ -84,17 +85,17 @@ struct FailureTests {
     func serverKilledUnderBlockedReceive() throws {
         let server = try ServerProcess()
         defer { server.stop() }
-        let peer = try ChildProcess("client-peer", ["blocked-recv", "7411", "--socket-path", server.socketPath])
+        let peer = try ChildProcess(TestBinaries.path("client-peer"), ["blocked-recv", "7411", "--socket-path", server.socketPath])
         let ready = peer.waitForLine(timeout: 20) { $0 == "ready" || $0.hasPrefix("error") }
         try #require(ready == "ready", "client-peer: \(peer.diagnostics)")
         usleep(100_000) // let it get into recvfrom (if not, recvfrom must find the server dead anyway)
-        #expect(peer.isAlive, "client-peer: \(peer.diagnostics)")
+        #expect(peer.isRunning, "client-peer: \(peer.diagnostics)")
 
         server.crash()
         // ENETDOWN is what ClientSocket.waitFor throws when the control socket hangs up.
         let received = peer.waitForLine(timeout: 5) { $0.hasPrefix("recv=") }
         try #require(received != nil, "recvfrom did not return within 5 s of the server's death: \(peer.diagnostics)")
-        let r = fields(received!)
+        let r = ChildProcess.fields(received!)
         #expect(r["recv"] == "-1")
         #expect(r["errno"] == String(ENETDOWN), "recvfrom: \(received!)")
 
@@ -104,7 +105,7 @@ struct FailureTests {
         // Seen in practice: both ECONNREFUSED and ECONNRESET, from run to run.
         let again = peer.waitForLine(timeout: 5) { $0.hasPrefix("socket=") }
         try #require(again != nil, "sko_socket did not return within 5 s: \(peer.diagnostics)")
-        let s = fields(again!)
+        let s = ChildProcess.fields(again!)
         #expect(s["socket"] == "-1")
         #expect([ECONNREFUSED, ECONNRESET, EPIPE].map { String($0) }.contains(s["errno"] ?? ""),
                 "sko_socket after the server died: \(again!)")
@@ -117,20 +118,20 @@ struct FailureTests {
     func serverKilledUnderApplicationPoll() throws {
         let server = try ServerProcess()
         defer { server.stop() }
-        let peer = try ChildProcess("client-peer", ["polled-recv", "7412", "--socket-path", server.socketPath])
+        let peer = try ChildProcess(TestBinaries.path("client-peer"), ["polled-recv", "7412", "--socket-path", server.socketPath])
         let ready = peer.waitForLine(timeout: 20) { $0 == "ready" || $0.hasPrefix("error") }
         try #require(ready == "ready", "client-peer: \(peer.diagnostics)")
         usleep(100_000)
-        #expect(peer.isAlive, "client-peer: \(peer.diagnostics)")
+        #expect(peer.isRunning, "client-peer: \(peer.diagnostics)")
         server.crash()
         // The library's watchdog sees the control socket hang up and makes the descriptor readable.
         let woke = peer.waitForLine(timeout: 5) { $0.hasPrefix("poll=") }
         try #require(woke != nil, "poll(2) on the socket did not return within 5 s of the server's death: \(peer.diagnostics)")
-        #expect(Int16(fields(woke!)["poll"] ?? "0")! & Int16(POLLIN) != 0, "poll: \(woke!)")
+        #expect(Int16(ChildProcess.fields(woke!)["poll"] ?? "0")! & Int16(POLLIN) != 0, "poll: \(woke!)")
         let received = peer.waitForLine(timeout: 5) { $0.hasPrefix("recv=") }
         try #require(received != nil, "recv did not return: \(peer.diagnostics)")
-        #expect(fields(received!)["recv"] == "-1")
-        #expect(fields(received!)["errno"] == String(ENETDOWN), "recv: \(received!)")
+        #expect(ChildProcess.fields(received!)["recv"] == "-1")
+        #expect(ChildProcess.fields(received!)["errno"] == String(ENETDOWN), "recv: \(received!)")
         let (status, _) = peer.finish(timeout: 5)
         #expect(status == .exited(0), "client-peer: \(peer.diagnostics)")
     }
@@ -310,11 +311,11 @@ struct FailureTests {
         }
 
         // The server survived all of it, serves a real client, and kept nothing of those sessions.
-        #expect(server.process.isAlive, "socket-server died: \(server.log)")
+        #expect(server.process.isRunning, "socket-server died: \(server.log)")
         let r = try Self.roundTrip(server.socketPath, port: 7422)
         #expect(r.status == .exited(0) && r.line.hasPrefix("round-trip=ok"), "\(r.diagnostics)\n\(server.log)")
         var after = Counts(server)
-        #expect(eventually(timeout: 5) { after = Counts(server); return after == before }, "before: \(before), after: \(after)")
+        #expect(waitUntil(timeout: 5, interval: 0.01) { after = Counts(server); return after == before }, "before: \(before), after: \(after)")
     }
 
     // MARK: a second server on the same path
@@ -326,13 +327,13 @@ struct FailureTests {
         let first = try ServerProcess(socketPath: path, logPath: dir.file("first.log"))
         defer { first.stop() }
 
-        let second = try ChildProcess("socket-server", ["--socket-path", path], stderrPath: dir.file("second.log"))
-        let status = second.wait(timeout: 10)
-        #expect(status == .exited(1), "second server on a live path: \(status.map { "\($0)" } ?? "still running after 10 s")\n\(second.stderrTail())")
-        #expect(second.stderrTail().contains("another socket server is running"), "\(second.stderrTail())")
-        second.terminate()
+        let second = try ChildProcess(TestBinaries.path("socket-server"), ["--socket-path", path], stderr: .file(dir.file("second.log"), append: true))
+        let status = second.waitForExit(timeout: 10)
+        #expect(status == .exited(1), "second server on a live path: \(status.map { "\($0)" } ?? "still running after 10 s")\n\(second.logTail(maxBytes: 4000))")
+        #expect(second.logTail(maxBytes: 4000).contains("another socket server is running"), "\(second.logTail(maxBytes: 4000))")
+        second.stop()
         // The first server is untouched: its socket file is still there and serves clients.
-        #expect(first.process.isAlive)
+        #expect(first.process.isRunning)
         let r1 = try Self.roundTrip(path, port: 7431)
         #expect(r1.line.hasPrefix("round-trip=ok"), "first server after the second one's attempt: \(r1.diagnostics)")
 
@@ -362,7 +363,7 @@ struct FailureTests {
             let r = try Self.roundTrip(server.socketPath, port: 7441, extra: ["--uid", "65534"])
             #expect(r.status == .exited(0), "\(r.diagnostics)")
             #expect(r.line == "socket-errno=\(EACCES)", "client of uid 65534 without --allow-uid: \(r.diagnostics)")
-            #expect(eventually(timeout: 2) { server.log.contains("refused client of uid 65534") }, "\(server.log)")
+            #expect(waitUntil(timeout: 2, interval: 0.01) { server.log.contains("refused client of uid 65534") }, "\(server.log)")
         }
         // Allowed: the server makes its socket file accessible itself; the datagram transport is
         // shared memory (process-vm would need the client to be allowed to ptrace the server).

@@ -1,6 +1,7 @@
 import Foundation
 import SocketClient
 import SocketShared
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc

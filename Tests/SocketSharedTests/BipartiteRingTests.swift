@@ -1,5 +1,6 @@
 import CShims
 import SocketShared
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -71,7 +72,7 @@ struct BipartiteRingTests {
         let datagrams = 100_000, count = 32, slot = 512, seed: UInt64 = 5
         let layout = ChannelLayout(kind: .datagram, receiveSize: count, sendSize: 1, slotBytes: slot)
         let channel = try TestChannel(layout: layout)
-        let peer = try PeerProcess(["bipartite-consume", "\(datagrams)", "\(seed)", "\(count)", "\(slot)"],
+        let peer = try PeerProcess.start(["bipartite-consume", "\(datagrams)", "\(seed)", "\(count)", "\(slot)"],
                                    descriptors: channel.descriptors)
         let producer = channel.view.datagramProducer(receive: true, count: count)
         let itemsBase = UnsafeRawPointer(channel.view.base + layout.receiveData)
@@ -126,10 +127,10 @@ struct BipartiteRingTests {
             channel.peerNotifier.notify()
             sent += 1
         }
-        let (status, output) = peer.finish()
+        let (status, output) = try #require(peer.wait(timeout: .infinity))
         try reclaim()
         #expect(status == 0, "peer: \(output)")
-        let fields = PeerProcess.fields(output)
+        let fields = ChildProcess.fields(output)
         #expect(fields["datagrams"] == "\(datagrams)")
         #expect(fields["lost"] == "0")
         #expect(verified == datagrams)

@@ -1,5 +1,6 @@
 import CShims
 import SocketShared
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +15,7 @@ struct NotifierTests {
     @Test func millionMessagesAcrossProcessesLoseNoWakeUp() throws {
         let count: UInt64 = 1_000_000
         let channel = try TestChannel(layout: ChannelLayout(kind: .stream, receiveSize: 64, sendSize: 0, slotBytes: 0))
-        let peer = try PeerProcess(["notify-consume", "\(count)"], descriptors: channel.descriptors)
+        let peer = try PeerProcess.start(["notify-consume", "\(count)"], descriptors: channel.descriptors)
         let ring = channel.view.streamProducer(receive: true, capacity: 64)
         let wake = channel.peerNotifier, space = channel.ourNotifier
         var rng = TestRandom(state: 3)
@@ -34,9 +35,9 @@ struct NotifierTests {
             wake.notify()
             if rng.below(1000) == 0 { usleep(UInt32(rng.below(300))) }
         }
-        let (status, output) = peer.finish()
+        let (status, output) = try #require(peer.wait(timeout: .infinity))
         #expect(status == 0, "peer: \(output)")
-        let fields = PeerProcess.fields(output)
+        let fields = ChildProcess.fields(output)
         #expect(fields["messages"] == "\(count)")
         #expect(fields["lost"] == "0")
         // Both sides really slept (otherwise the test proves nothing about wake-ups).

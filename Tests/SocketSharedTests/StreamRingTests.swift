@@ -1,5 +1,6 @@
 import CShims
 import SocketShared
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -74,7 +75,7 @@ struct StreamRingTests {
     @Test func twoProcessesMove256MiB() throws {
         let total = 256 << 20, capacity = 64 << 10, seed: UInt64 = 42
         let channel = try TestChannel(layout: ChannelLayout(kind: .stream, receiveSize: capacity, sendSize: 0, slotBytes: 0))
-        let peer = try PeerProcess(["stream-consume", "\(total)", "\(seed)", "\(capacity)"], descriptors: channel.descriptors)
+        let peer = try PeerProcess.start(["stream-consume", "\(total)", "\(seed)", "\(capacity)"], descriptors: channel.descriptors)
         let ring = channel.view.streamProducer(receive: true, capacity: capacity)
         let wake = channel.peerNotifier, space = channel.ourNotifier
         var rng = TestRandom(state: 7)
@@ -97,9 +98,9 @@ struct StreamRingTests {
             }
             sent += want
         }
-        let (status, output) = peer.finish()
+        let (status, output) = try #require(peer.wait(timeout: .infinity))
         #expect(status == 0, "peer: \(output)")
-        let fields = PeerProcess.fields(output)
+        let fields = ChildProcess.fields(output)
         #expect(fields["bytes"] == "\(total)")
         #expect(fields["hash"] == "\(hash)")
         #expect(fields["lost"] == "0")

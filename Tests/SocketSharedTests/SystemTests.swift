@@ -1,5 +1,6 @@
 import CShims
 import SocketShared
+import TestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -16,13 +17,13 @@ struct SystemTests {
         let segment = try SharedSegment.create(name: "pass", size: 1 << 20)
         let fromPeer = try EventFD(), toPeer = try EventFD()
         _ = cshims_eventfd_write(toPeer.fd, 41)
-        let peer = try PeerProcess(["fds"], descriptors: [pair[1]])
+        let peer = try PeerProcess.start(["fds"], descriptors: [pair[1]])
         try DescriptorPassing.send(pair[0], Array("segment".utf8), descriptors: [segment.fd, fromPeer.fd, toPeer.fd])
         let reply = try #require(try DescriptorPassing.receive(pair[0], maxBytes: 64))
         #expect(reply.bytes == Array("done".utf8))
-        let (status, output) = peer.finish()
+        let (status, output) = try #require(peer.wait(timeout: .infinity))
         #expect(status == 0, "peer: \(output)")
-        let fields = PeerProcess.fields(output)
+        let fields = ChildProcess.fields(output)
         #expect(fields["message"] == "segment")
         #expect(fields["read"] == "41")
         #expect(fields["sealed"] == "true")
@@ -57,9 +58,9 @@ struct SystemTests {
     /// process_vm_writev into a child's buffer and process_vm_readv back from it.
     @Test func processVMReadsAndWritesAChild() throws {
         let size = 1 << 20
-        let peer = try PeerProcess(["vm-buffer", "\(size)"])
-        let line = try #require(peer.readLine())
-        let address = try #require(UInt64(PeerProcess.fields(line)["address"] ?? ""))
+        let peer = try PeerProcess.start(["vm-buffer", "\(size)"])
+        let line = try #require(peer.readLine(timeout: .infinity))
+        let address = try #require(UInt64(ChildProcess.fields(line)["address"] ?? ""))
         let memory = ProcessMemory(pid: peer.pid)
         let local = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
         defer { local.deallocate() }
@@ -74,7 +75,7 @@ struct SystemTests {
         // A bad address is a typed error, not a crash.
         #expect(throws: SharedError.self) { try memory.read([.init(address: 8, length: 8)], into: [local]) }
         peer.writeLine("check")
-        let (status, output) = peer.finish()
+        let (status, output) = try #require(peer.wait(timeout: .infinity))
         #expect(status == 0)
         #expect(output.contains("rewritten=yes"), "peer: \(output)")
     }
@@ -85,8 +86,8 @@ struct SystemTests {
         let address = withUnsafeMutablePointer(to: &target) { UInt64(UInt(bitPattern: $0)) }
         // As root the peer drops to nobody and reads us; otherwise it reads init (pid 1, root).
         let pid = getuid() == 0 ? getpid() : 1
-        let peer = try PeerProcess(["vm-denied", "\(pid)", "\(address)"])
-        let (status, output) = peer.finish()
+        let peer = try PeerProcess.start(["vm-denied", "\(pid)", "\(address)"])
+        let (status, output) = try #require(peer.wait(timeout: .infinity))
         #expect(status == 0, "peer: \(output)")
         #expect(output.contains("result=not-permitted"), "peer: \(output)")
         withExtendedLifetime(target) {}

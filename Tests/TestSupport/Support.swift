@@ -7,8 +7,10 @@ import Glibc
 public struct Deadline: Sendable {
     private let end: UInt64
 
+    /// `seconds` from now; `.infinity` for never.
     public init(seconds: Double) {
-        end = Deadline.now() &+ UInt64(max(0, seconds) * 1e9)
+        let nanoseconds = max(0, seconds) * 1e9
+        end = nanoseconds >= Double(UInt64.max / 2) ? UInt64.max : Deadline.now() &+ UInt64(nanoseconds)
     }
 
     public static func now() -> UInt64 {
@@ -107,21 +109,94 @@ public enum ProcStats {
         return nil
     }
 
-    public static func readFile(_ path: String) -> String? {
+    public static func readFile(_ path: String) -> String? { TestFiles.read(path) }
+}
+
+/// Whole-file reads and writes.
+public enum TestFiles {
+    /// The file's contents, nil when it cannot be opened.
+    public static func read(_ path: String) -> String? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var result: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = read(fd, &chunk, chunk.count)
+            let n = Glibc.read(fd, &chunk, chunk.count)
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
             result += chunk[..<n]
         }
         return String(decoding: result, as: UTF8.self)
     }
+
+    /// Creates or replaces the file with `text`.
+    public static func write(_ path: String, _ text: String) throws(TestSupportError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw TestSupportError("cannot create \(path): errno \(errno)") }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, bytes.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw TestSupportError("cannot write \(path): errno \(errno)") }
+            done += n
+        }
+    }
+
+    /// Removes `path` and, if it is a directory (not a link to one), everything in it.
+    public static func removeTree(_ path: String) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        if (info.st_mode & S_IFMT) == S_IFDIR, let dir = opendir(path) {
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                if name == "." || name == ".." { continue }
+                removeTree(path + "/" + name)
+            }
+            closedir(dir)
+            rmdir(path)
+        } else {
+            unlink(path)
+        }
+    }
 }
+
+/// A fresh directory under /tmp (mode 0755, so that a client of another uid can reach a socket file
+/// in it), removed with its contents at deinit.
+public final class TestDirectory: @unchecked Sendable {
+    // @unchecked Sendable: immutable.
+    public let path: String
+
+    public init(_ tag: String = "sko") throws(TestSupportError) {
+        var template = Array("/tmp/\(tag)-XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw TestSupportError("mkdtemp /tmp/\(tag)-XXXXXX: errno \(errno)") }
+        path = String(cString: p)
+        chmod(path, 0o755)
+    }
+
+    /// A path inside the directory.
+    public func file(_ name: String) -> String { path + "/" + name }
+
+    deinit { TestFiles.removeTree(path) }
+}
+
+/// `connect` for an AF_UNIX path.
+public func connectUnix(_ fd: Int32, _ path: String) -> Int32 {
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { errno = ENAMETOOLONG; return -1 }
+    withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+}
+
+/// pipe2(2) (Glibc's Swift module hides it behind _GNU_SOURCE).
+@_silgen_name("pipe2")
+public func pipe2(_ fds: UnsafeMutablePointer<Int32>, _ flags: Int32) -> Int32
 
 /// A real thread (not a Swift concurrency task) for a peer that must block while the test blocks:
 /// tests run on the small cooperative pool, where two blocking tasks could wait on each other forever.
