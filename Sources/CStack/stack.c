@@ -69,6 +69,16 @@ void cstack_ip_set_any(ip_addr_t *out, int family) {
 
 // MARK: loopback netifs
 
+void cstack_ip4_triple(ip4_addr_t *ip, ip4_addr_t *mask, ip4_addr_t *gw, const uint8_t *ip4, const uint8_t *mask4,
+                       const uint8_t *gw4) {
+    ip4_addr_set_zero(ip);
+    ip4_addr_set_zero(mask);
+    ip4_addr_set_zero(gw);
+    if (ip4) memcpy(&ip->addr, ip4, 4);
+    if (mask4) memcpy(&mask->addr, mask4, 4);
+    if (gw4) memcpy(&gw->addr, gw4, 4);
+}
+
 #define CSTACK_MAX_LOOPBACKS 16
 static struct netif cstack_loopbacks[CSTACK_MAX_LOOPBACKS];
 static int cstack_loopback_count;
@@ -168,11 +178,7 @@ struct netif *cstack_loopback_add(const uint8_t *ip4, const uint8_t *mask4, uint
     if (cstack_loopback_count >= CSTACK_MAX_LOOPBACKS) return NULL;
     struct netif *netif = &cstack_loopbacks[cstack_loopback_count];
     ip4_addr_t ip, mask, gw;
-    ip4_addr_set_zero(&ip);
-    ip4_addr_set_zero(&mask);
-    ip4_addr_set_zero(&gw);
-    if (ip4) memcpy(&ip.addr, ip4, 4);
-    if (mask4) memcpy(&mask.addr, mask4, 4);
+    cstack_ip4_triple(&ip, &mask, &gw, ip4, mask4, NULL);
     if (netif_add(netif, &ip, &mask, &gw, NULL, cstack_loopback_init, tcpip_input) == NULL) return NULL;
     netif->mtu = mtu;
 #if LWIP_IPV6

@@ -145,12 +145,7 @@ struct netif *cstack_tap_add(int fd, const uint8_t *mac, uint16_t mtu, const uin
     tap->capture_id = capture_id;
     memcpy(tap->mac, mac, 6);
     ip4_addr_t ip, mask, gw;
-    ip4_addr_set_zero(&ip);
-    ip4_addr_set_zero(&mask);
-    ip4_addr_set_zero(&gw);
-    if (ip4) memcpy(&ip.addr, ip4, 4);
-    if (mask4) memcpy(&mask.addr, mask4, 4);
-    if (gw4) memcpy(&gw.addr, gw4, 4);
+    cstack_ip4_triple(&ip, &mask, &gw, ip4, mask4, gw4);
     if (netif_add(&tap->netif, &ip, &mask, &gw, tap, cstack_tap_init, ethernet_input) == NULL) {
         free(tap);
         return NULL;

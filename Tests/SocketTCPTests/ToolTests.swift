@@ -41,10 +41,7 @@ struct ToolTests {
             return
         }
         let dir = TestBinaries.directory
-        // The package root: the binaries live in <root>/.build/<triple>/debug.
-        let parts = dir.split(separator: "/", omittingEmptySubsequences: false)
-        guard let buildIndex = parts.firstIndex(of: ".build") else { Issue.record("binaries are not under .build: \(dir)"); return }
-        let root = parts[..<buildIndex].joined(separator: "/")
+        let root = try Self.packageRoot()
         let program = TestNames.uniquePath("c-client", suffix: "bin")
         defer { unlink(program) }
         let cc = try ChildProcess("/usr/bin/cc", ["\(root)/examples/c-client/udp_tcp_hello.c", "-I\(root)/include", "-L\(dir)",
@@ -72,10 +69,7 @@ extension ToolTests {
             print("SKIPPED: checksumReplacementMatchesLwIP needs a C compiler at /usr/bin/cc")
             return
         }
-        let dir = TestBinaries.directory
-        let parts = dir.split(separator: "/", omittingEmptySubsequences: false)
-        let buildIndex = try #require(parts.firstIndex(of: ".build"), "binaries are not under .build: \(dir)")
-        let root = parts[..<buildIndex].joined(separator: "/")
+        let root = try Self.packageRoot()
         let program = TestNames.uniquePath("checksum", suffix: "bin")
         defer { unlink(program) }
         let cc = try ChildProcess("/usr/bin/cc", ["-O2", "-I\(root)/Sources/CStack/include", "-I/usr/include/lwip",
@@ -86,6 +80,16 @@ extension ToolTests {
         let run = try ChildProcess(program, [], name: "checksum-check")
         let result = try #require(run.wait(timeout: 120))
         #expect(result.status == 0 && result.output.contains("all equal"), "\(result.output) \(run.logTail())")
+    }
+}
+
+extension ToolTests {
+    /// The package root: the test binaries live in <root>/.build/<triple>/debug.
+    static func packageRoot() throws -> String {
+        let dir = TestBinaries.directory
+        let parts = dir.split(separator: "/", omittingEmptySubsequences: false)
+        let buildIndex = try #require(parts.firstIndex(of: ".build"), "binaries are not under .build: \(dir)")
+        return parts[..<buildIndex].joined(separator: "/")
     }
 }
 

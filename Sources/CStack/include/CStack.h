@@ -30,6 +30,9 @@ void cstack_ip_set(ip_addr_t *out, int family, const uint8_t *bytes, uint32_t zo
 /// Returns 4 or 6 and fills bytes[0..4) or bytes[0..16); 0 for an unknown type.
 int cstack_ip_get(const ip_addr_t *ip, uint8_t *bytes);
 void cstack_ip_set_any(ip_addr_t *out, int family);
+/// An interface's IPv4 address, netmask and gateway from network-order bytes (NULL: 0.0.0.0).
+void cstack_ip4_triple(ip4_addr_t *ip, ip4_addr_t *mask, ip4_addr_t *gw, const uint8_t *ip4, const uint8_t *mask4,
+                       const uint8_t *gw4);
 
 // MARK: loopback netifs
 
