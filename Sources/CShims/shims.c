@@ -50,8 +50,6 @@ int cshims_seal_size(int fd) {
     return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
 }
 
-int cshims_get_seals(int fd) { return fcntl(fd, F_GET_SEALS); }
-
 int cshims_has_size_seals(int fd) {
     int seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0) return 0;
@@ -180,5 +178,3 @@ int cshims_yama_ptrace_scope(void) {
     fclose(f);
     return value;
 }
-
-int cshims_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }

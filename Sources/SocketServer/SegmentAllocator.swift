@@ -43,6 +43,4 @@ struct SegmentAllocator {
             free.remove(at: i)
         }
     }
-
-    var freeRangeCount: Int { free.count }
 }

@@ -293,6 +293,4 @@ final class Session {
         if segment != nil { logger.info("client disconnected") }
         segment = nil
     }
-
-    var socketCount: Int { sockets.count }
 }

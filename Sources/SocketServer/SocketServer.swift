@@ -256,7 +256,4 @@ public final class SocketServer {
         guard numaNode >= 0 else { return }
         _ = cstack_numa_bind(segment.base, segment.size, numaNode)
     }
-
-    /// Counts for diagnostics and tests: sessions and sockets.
-    public var sessionCount: Int { sessions.count }
 }

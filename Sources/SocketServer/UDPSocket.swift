@@ -346,6 +346,9 @@ final class UDPSocket: ServerSocket {
     }
 
     override func releaseStack() {
+        if receiveDrops > 0 || sendErrors > 0 {
+            session.logger.info("UDP socket \(handle) closed: \(receiveDrops) datagrams dropped on receive (ring full), \(sendErrors) sends failed")
+        }
         if let pcb {
             udp_recv(pcb, nil, nil)
             udp_remove(pcb)

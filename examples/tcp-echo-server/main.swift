@@ -88,10 +88,10 @@ struct TCPEchoServer: ParsableCommand {
     }
 
     /// Writes what fits; 0 when the send ring is full.
-    func tryWrite(_ socket: Socket, _ bytes: UnsafeRawBufferPointer) throws -> Int {
+    func tryWrite(_ socket: Socket, _ bytes: UnsafeRawBufferPointer) throws(SocketError) -> Int {
         do {
             return try socket.write(bytes)
-        } catch let error as SocketError where error.errno.rawValue == EAGAIN {
+        } catch where error.errno.rawValue == EAGAIN {
             return 0
         }
     }

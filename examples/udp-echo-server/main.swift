@@ -61,7 +61,7 @@ struct UDPEchoServer: ParsableCommand {
                         break
                     }
                     guard let from else { continue }
-                    try buffer.withUnsafeBytes { try sockets[i].send(UnsafeRawBufferPointer(rebasing: $0[0..<count]), to: from) }
+                    _ = try buffer.withUnsafeBytes { try sockets[i].send(UnsafeRawBufferPointer(rebasing: $0[0..<count]), to: from) }
                 }
             }
         }

@@ -80,7 +80,6 @@ typedef struct cshims_channel_header {
     _Atomic int32_t error;                               // pending socket error (errno), read by SO_ERROR
     _Atomic uint32_t blocked;                            // app made its fd unwritable (see Notifier)
     _Atomic uint32_t pending_accepts;                    // listener: connections ready to accept
-    _Atomic uint32_t app_state;                          // CSHIMS_APP_* set by the app side
     _Atomic uint32_t stack_wants;                        // CSHIMS_WANTS_* set by the stack, cleared by the app
     cshims_notify_state to_app;                          // stack -> app
     cshims_notify_state to_stack;                        // app -> stack
@@ -93,9 +92,6 @@ typedef struct cshims_channel_header {
 #define CSHIMS_EV_CONNECTED   0x10u // connect completed
 #define CSHIMS_EV_WRITE_SHUT  0x20u // the stack will accept no more data to send
 #define CSHIMS_EV_CLOSED      0x40u // the stack has released the socket
-
-#define CSHIMS_APP_SHUT_WR     0x02u // app has called shutdown(SHUT_WR)
-#define CSHIMS_APP_SHUT_RD     0x04u // app has called shutdown(SHUT_RD)
 
 #define CSHIMS_WANTS_RX_PROGRESS 0x01u // stack: tell me (notify to_stack) when you consume receive data
 
@@ -130,7 +126,6 @@ enum {
     CSHIMS_CHANNEL_ERROR = offsetof(cshims_channel_header, error),
     CSHIMS_CHANNEL_BLOCKED = offsetof(cshims_channel_header, blocked),
     CSHIMS_CHANNEL_PENDING_ACCEPTS = offsetof(cshims_channel_header, pending_accepts),
-    CSHIMS_CHANNEL_APP_STATE = offsetof(cshims_channel_header, app_state),
     CSHIMS_CHANNEL_STACK_WANTS = offsetof(cshims_channel_header, stack_wants),
     CSHIMS_CHANNEL_TO_APP = offsetof(cshims_channel_header, to_app),
     CSHIMS_CHANNEL_TO_STACK = offsetof(cshims_channel_header, to_stack),
@@ -201,8 +196,6 @@ static inline void cshims_fence_seq_cst(void) {
 int cshims_memfd_segment(const char *name, uint64_t size);
 /// Adds F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL: the size can no longer change.
 int cshims_seal_size(int fd);
-/// Seals present on fd (F_GET_SEALS).
-int cshims_get_seals(int fd);
 int cshims_has_size_seals(int fd);
 
 /// eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK).
@@ -236,8 +229,6 @@ ssize_t cshims_process_vm_writev(pid_t pid, const struct iovec *local, unsigned 
 int cshims_set_ptracer(unsigned long pid);
 /// Value of /proc/sys/kernel/yama/ptrace_scope, or -1 when Yama is absent.
 int cshims_yama_ptrace_scope(void);
-/// prctl(PR_SET_PDEATHSIG, sig).
-int cshims_set_parent_death_signal(int sig);
 
 // MARK: - Test patterns (used by tests, examples and the benchmark to verify payloads fast)
 

@@ -80,8 +80,6 @@ public struct ChannelView {
     public func setPendingError(_ e: Int32) { cshims_store_release_i32(base + Int(CSHIMS_CHANNEL_ERROR), e) }
     public var pendingAccepts: UInt32 { cshims_load_acquire_u32(base + Int(CSHIMS_CHANNEL_PENDING_ACCEPTS)) }
     public func setPendingAccepts(_ n: UInt32) { cshims_store_release_u32(base + Int(CSHIMS_CHANNEL_PENDING_ACCEPTS), n) }
-    public var appState: UInt32 { cshims_load_acquire_u32(base + Int(CSHIMS_CHANNEL_APP_STATE)) }
-    public func setAppState(_ bits: UInt32) { _ = cshims_fetch_or_u32(base + Int(CSHIMS_CHANNEL_APP_STATE), bits) }
     public var stackWants: UInt32 { cshims_load_acquire_u32(base + Int(CSHIMS_CHANNEL_STACK_WANTS)) }
     public func setStackWants(_ bits: UInt32) { _ = cshims_fetch_or_u32(base + Int(CSHIMS_CHANNEL_STACK_WANTS), bits) }
     /// Clears `bits`; returns the bits that were set before.

@@ -2,30 +2,8 @@
 import Glibc
 #endif
 
-/// The outcome of a call that may legitimately find nothing to do.
-public enum IOResult<T> {
-    case processed(T)
-    case wouldBlock
-}
-
 /// Runs `body` (a libc call returning -1 + errno on failure), retrying EINTR.
-/// - Returns: `.wouldBlock` on EAGAIN, else the value.
-/// - Throws: `SharedError.system` for every other errno.
-@inline(__always)
-public func retryingSyscall<T: FixedWidthInteger>(_ name: String, _ body: () -> T) throws(SharedError) -> IOResult<T> {
-    while true {
-        let result = body()
-        if result != -1 { return .processed(result) }
-        let err = errno
-        switch err {
-        case EINTR: continue
-        case EAGAIN: return .wouldBlock
-        default: throw SharedError.system(name, Errno(err))
-        }
-    }
-}
-
-/// Like `retryingSyscall`, for calls where EAGAIN is also an error.
+/// - Throws: `SharedError.system` for every errno.
 @inline(__always)
 @discardableResult
 public func syscall<T: FixedWidthInteger>(_ name: String, _ body: () -> T) throws(SharedError) -> T {
