@@ -187,12 +187,20 @@ final class TCPSocket: ServerSocket {
         guard let pcb, let free = try? rx.freeSpace() else { return }
         let consumed = rxWritten - UInt64(Int(rx.geometry.capacity) - free)
         var delta = consumed - rxRecved
+        guard delta > 0 else { return }
         while delta > 0 {
             let chunk = UInt16(min(delta, 0xFFFF))
             tcp_recved(pcb, chunk)
             rxRecved += UInt64(chunk)
             delta -= UInt64(chunk)
         }
+        // Announce the new window now. tcp_recved sends an update only when the window grew by
+        // TCP_WND_UPDATE_THRESHOLD (5840) at once, while it may record a smaller growth (one segment
+        // or more) as announced: a sender waiting for window could then be left to lwIP's persist
+        // timer. We report consumption only now and then, so each report is worth an ACK. (Inside
+        // lwIP's input processing tcp_output defers to it, which sends the ACK.)
+        cstack_tcp_ack_now(pcb)
+        tcp_output(pcb)
     }
 
     // MARK: send
