@@ -38,7 +38,23 @@ struct TCPExamples {
         defer { client.terminate() }
         let started = Deadline.now()
         guard let result = client.wait(timeout: timeout) else {
-            Issue.record("tcp-echo-client \(arguments) did not finish within \(timeout) s", sourceLocation: sourceLocation)
+            // Where everything stands, for the post-mortem: the client's and the server's state and
+            // kernel wait channel, the client's last output and both logs.
+            func threads(_ pid: pid_t) -> String {
+                let state = ProcStats.readFile("/proc/\(pid)/status")?.split(separator: "\n").filter { $0.hasPrefix("State") } ?? []
+                let wchan = ProcStats.readFile("/proc/\(pid)/wchan") ?? "?"
+                let stack = ProcStats.readFile("/proc/\(pid)/stack") ?? ""
+                return "\(state.joined(separator: " ")) wchan=\(wchan)\n\(stack)"
+            }
+            let report = [
+                "tcp-echo-client \(arguments) did not finish within \(timeout) s (running: \(client.isRunning))",
+                "client: \(threads(client.pid))",
+                "server: \(threads(server.pid))",
+                "client output: \(client.transcript.suffix(5).joined(separator: " | "))",
+                "client log: \(client.logTail())",
+                "server log: \(server.process.logTail())",
+            ].joined(separator: "\n")
+            Issue.record(Comment(rawValue: report), sourceLocation: sourceLocation)
             return [:]
         }
         let seconds = Double(Deadline.now() - started) / 1e9
@@ -65,7 +81,7 @@ struct TCPExamples {
         let port = TestPorts.next()
         let (server, echo) = try Self.echoServer("tcp-ex-gib", port: port)
         defer { echo.terminate(); server.stop() }
-        let f = try Self.runClient(server, ["127.0.0.1", "\(port)", "--bytes", "1G", "--window", "1M"], timeout: 600)
+        let f = try Self.runClient(server, ["127.0.0.1", "\(port)", "--bytes", "1G", "--window", "1M"], timeout: 300)
         #expect(f["connections"] == "1")
         #expect(f["bytes"] == "\(1 << 30)")
         #expect(f["mismatches"] == "0")
