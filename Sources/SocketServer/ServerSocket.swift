@@ -1,4 +1,6 @@
+import CLwIP
 import CShims
+import CStack
 import SocketShared
 #if canImport(Glibc)
 import Glibc
@@ -58,6 +60,16 @@ class ServerSocket {
         gate.release()
         appEvent.close()
         stackEvent.close()
+    }
+
+    /// The lwIP address a bind to `address` uses, or the errno bind must fail with: the socket's
+    /// family, and either the wildcard or one of the stack's own addresses (EADDRNOTAVAIL otherwise).
+    func bindAddress(_ address: SocketAddress) -> Result<ip_addr_t, Errno> {
+        guard address.family == family, address.isValid else { return .failure(Errno(EAFNOSUPPORT)) }
+        if address.isWildcard { return .success(anyAddress(family)) }
+        var ip = ipAddress(address)
+        guard cstack_is_local_address(&ip) != 0 else { return .failure(Errno(EADDRNOTAVAIL)) }
+        return .success(ip)
     }
 
     // MARK: options every kind answers

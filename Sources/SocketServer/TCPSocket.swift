@@ -351,10 +351,13 @@ final class TCPSocket: ServerSocket {
         switch request {
         case .bind(_, let address):
             guard let pcb, role == .fresh else { return .error(EINVAL) }
-            guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
+            guard address.family == family else { return .error(EAFNOSUPPORT) }
             guard cstack_tcp_local_port(pcb) == 0 else { return .error(EINVAL) }
-            var ip = address.isWildcard ? anyAddress(family) : ipAddress(address)
-            guard address.isWildcard || cstack_is_local_address(&ip) != 0 else { return .error(EADDRNOTAVAIL) }
+            var ip: ip_addr_t
+            switch bindAddress(address) {
+            case .success(let a): ip = a
+            case .failure(let e): return .error(e.rawValue)
+            }
             let err = tcp_bind(pcb, &ip, address.port)
             return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
         case .listen(_, let requested):

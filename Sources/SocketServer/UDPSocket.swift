@@ -261,10 +261,13 @@ final class UDPSocket: ServerSocket {
         guard let pcb else { return .error(EBADF) }
         switch request {
         case .bind(_, let address):
-            guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
+            guard address.family == family else { return .error(EAFNOSUPPORT) }
             guard cstack_udp_local_port(pcb) == 0 else { return .error(EINVAL) }
-            var ip = address.isWildcard ? anyAddress(family) : ipAddress(address)
-            guard address.isWildcard || cstack_is_local_address(&ip) != 0 else { return .error(EADDRNOTAVAIL) }
+            var ip: ip_addr_t
+            switch bindAddress(address) {
+            case .success(let a): ip = a
+            case .failure(let e): return .error(e.rawValue)
+            }
             let err = udp_bind(pcb, &ip, address.port)
             return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
         case .connect(_, let address):
