@@ -25,6 +25,8 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
     private let peer = Mutex<SocketAddress?>(nil)
 
     static let maximumPayload = 65_507
+    /// How long a send waits for the server to publish the buffers it asked for (nanoseconds).
+    static let grantWait: UInt64 = 1_000_000_000
     /// lwIP's packet lengths are 16-bit, so an IPv6 packet (40-byte header, 8-byte UDP header and
     /// the payload) must fit in 65,535 bytes: the stack cannot carry more than 65,487 bytes of UDP
     /// payload over IPv6 (Linux carries 65,527). Larger sends fail here with EMSGSIZE instead of
@@ -162,13 +164,37 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
             func hasRoom() throws(Errno) -> Bool {
                 do { return try sendRing.ready() >= needed } catch { throw Errno(EPROTO) }
             }
+            // process-vm: the server publishes send buffers on demand (they are its memory); ask for
+            // as many as this datagram needs, once, and give up with ENOBUFS if it cannot grant them.
+            var asked = false
             while true {
                 try checkServer()
                 if try hasRoom() {
                     try fill(items: needed, length: length, destination: destination, from: buffers)
                     sendRing.handBack(needed)
+                    if asked { view.setSendWanted(0) }
                     toStack.notify()
                     return length
+                }
+                if info.transport == .processVM {
+                    if !asked {
+                        asked = true
+                        view.clearEvents(CSHIMS_EV_NOBUFS)
+                        view.setSendWanted(UInt32(needed))
+                        toStack.notify()
+                        // Not back-pressure but allocation on demand: wait for the server's answer
+                        // (one round trip) even when non-blocking, as a kernel sendto would not
+                        // fail with EAGAIN on an idle socket.
+                        if try blockUntilRoom(hasRoom) { continue }
+                        do throws(Errno) { try waitFor(Int16(POLLOUT), until: monotonicNanoseconds() + Self.grantWait) } catch {
+                            if error.rawValue != EAGAIN { throw error }
+                        }
+                        continue
+                    } else if view.events & CSHIMS_EV_NOBUFS != 0 {
+                        view.clearEvents(CSHIMS_EV_NOBUFS)
+                        view.setSendWanted(0)
+                        throw Errno(ENOBUFS)
+                    }
                 }
                 if try blockUntilRoom(hasRoom) { continue }
                 if dontWait {

@@ -21,6 +21,9 @@ public struct ServerConfiguration: Sendable {
     /// Datagram channels: items per ring (each direction) and bytes per payload buffer.
     public var datagramRingItems: Int = 128
     public var datagramSlotSize: Int = 2048
+    /// Server heap a client's datagram payload buffers may hold (process-vm: lwIP buffers waiting
+    /// for the client, received or to be filled).
+    public var clientBufferMemory: Int = 32 << 20
     /// Stream channels: bytes per ring (each direction).
     public var streamRingSize: Int = 128 << 10
     /// TAP interfaces to attach (real Ethernet to the kernel and beyond).
@@ -61,6 +64,9 @@ public struct ServerConfiguration: Sendable {
             throw ServerError("datagram ring items x slot size must hold a 65,507-byte datagram")
         }
         guard streamRingSize >= 4096, streamRingSize <= 1 << 30 else { throw ServerError("--stream-ring-size must be between 4 KiB and 1 GiB") }
+        guard clientBufferMemory >= 1 << 20, clientBufferMemory <= 1 << 34 else {
+            throw ServerError("--client-buffer-memory must be between 1 MiB and 16 GiB")
+        }
         guard (0...1_000_000).contains(busyPollMicroseconds) else { throw ServerError("--busy-poll must be between 0 and 1000000 microseconds") }
         guard maxClients >= 1, maxSocketsPerClient >= 1 else { throw ServerError("limits must be at least 1") }
         guard Array(socketPath.utf8).count < 108 else { throw ServerError("--socket-path is longer than 107 bytes") }

@@ -25,6 +25,10 @@ final class Session {
     private var closing: [TCPSocket] = []
     private var nextHandle: UInt32 = 1
     private var malformed = 0
+    /// Set once the client broke its segment: its session is closing (logged once).
+    private var misbehaving = false
+    /// Server heap held for this client's datagram payloads (see `chargeBufferMemory`).
+    private(set) var bufferMemory = 0
     private(set) var isClosed = false
     var logger: Logger
 
@@ -270,9 +274,27 @@ final class Session {
         }
     }
 
+    // MARK: memory budget
+
+    /// Charges `bytes` of server heap held on this client's behalf (lwIP buffers for its datagrams)
+    /// against `--client-buffer-memory`.
+    /// - Returns: false, charging nothing, when the budget does not allow it.
+    func chargeBufferMemory(_ bytes: Int) -> Bool {
+        guard bufferMemory + bytes <= server.configuration.clientBufferMemory else { return false }
+        bufferMemory += bytes
+        return true
+    }
+
+    func releaseBufferMemory(_ bytes: Int) {
+        bufferMemory -= bytes
+        assert(bufferMemory >= 0, "buffer memory released twice")
+    }
+
     /// The client broke an invariant of its shared segment: it loses its session (only it is hurt).
     func misbehaved(_ error: SharedError) {
-        logger.warning("client corrupted its shared segment (\(error)); closing its session")
+        guard !misbehaving else { return }
+        misbehaving = true
+        logger.warning("client pid \(credentials.pid) corrupted its shared segment (\(error)); closing its session")
         server.scheduleClose(self)
     }
 

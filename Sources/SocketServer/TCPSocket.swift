@@ -34,6 +34,8 @@ final class TCPSocket: ServerSocket {
     private var pendingOffset = 0
     private var pendingBytes = 0
     private var peerClosed = false
+    /// READ_EOF is in the channel's events (kept here: the client can rewrite the shared copy).
+    private var eofDelivered = false
     private var readShutdown = false
     private var writeShutdownRequested = false
     private var finSent = false
@@ -134,6 +136,7 @@ final class TCPSocket: ServerSocket {
 
     /// Moves pending data into the ring, reports consumption to lwIP, and signals the app.
     private func moveReceived() {
+        guard !failed else { return }
         var moved = 0
         do {
             while let p = pending.first {
@@ -157,11 +160,12 @@ final class TCPSocket: ServerSocket {
                 }
             }
         } catch {
-            session.misbehaved(error)
+            clientBrokeRing(error)
             return
         }
         var wake = moved > 0
-        if peerClosed && pending.isEmpty && view.events & CSHIMS_EV_READ_EOF == 0 {
+        if peerClosed && pending.isEmpty && !eofDelivered {
+            eofDelivered = true
             view.setEvents(CSHIMS_EV_READ_EOF | (finSent ? CSHIMS_EV_HUP : 0))
             wake = true
         }
@@ -174,7 +178,8 @@ final class TCPSocket: ServerSocket {
     private func updateWindow() {
         guard pcb != nil, !failed else { return }
         reportConsumed()
-        let outstanding = Int(rxWritten - rxRecved) + pendingBytes
+        guard !failed else { return } // the client broke its ring
+        let outstanding = Int(rxWritten &- rxRecved) + pendingBytes
         if outstanding >= Int(cstack_tcp_window()) / 4 || !pending.isEmpty {
             view.setStackWants(CSHIMS_WANTS_RX_PROGRESS)
             cshims_fence_seq_cst()
@@ -183,10 +188,23 @@ final class TCPSocket: ServerSocket {
     }
 
     /// Gives lwIP back (`tcp_recved`) the window for every byte the app has taken from the ring.
+    ///
+    /// The ring's consumer index comes from the client's memory: `freeSpace` has checked that it only
+    /// moved forward and not past what we wrote, and the arithmetic below is checked again, so a
+    /// scribbled index ends the client's session instead of trapping the server.
     private func reportConsumed() {
-        guard let pcb, let free = try? rx.freeSpace() else { return }
-        let consumed = rxWritten - UInt64(Int(rx.geometry.capacity) - free)
-        var delta = consumed - rxRecved
+        guard let pcb else { return }
+        let free: Int
+        do { free = try rx.freeSpace() } catch {
+            clientBrokeRing(error)
+            return
+        }
+        let used = UInt64(Int(rx.geometry.capacity) - free)
+        guard used <= rxWritten, rxWritten - used >= rxRecved else {
+            clientBrokeRing(SharedError(.corruptSharedState, "stream ring: \(used) bytes unread of \(rxWritten) written, \(rxRecved) already consumed"))
+            return
+        }
+        var delta = rxWritten - used - rxRecved
         guard delta > 0 else { return }
         while delta > 0 {
             let chunk = UInt16(min(delta, 0xFFFF))
@@ -201,6 +219,13 @@ final class TCPSocket: ServerSocket {
         // lwIP's input processing tcp_output defers to it, which sends the ACK.)
         cstack_tcp_ack_now(pcb)
         tcp_output(pcb)
+    }
+
+    /// The client broke this socket's ring: nothing more moves on it, and the client's session ends
+    /// (at the end of the batch: we may be inside an lwIP callback, where the pcb must not be freed).
+    private func clientBrokeRing(_ error: SharedError) {
+        failed = true
+        session.misbehaved(error)
     }
 
     // MARK: send

@@ -16,6 +16,12 @@ import Glibc
 /// - Send ring: we publish empty buffers (pbufs, or send slots); the client fills them and hands
 ///   them back; we send each datagram and publish fresh buffers. Where a buffer is and how big is
 ///   taken from our private records by ring position, never from the item the client rewrote.
+///
+/// Server memory (process-vm): the pbufs we hold for the client, received datagrams until it hands
+/// their items back and empty send buffers until it fills them, are charged to the session's
+/// `--client-buffer-memory` budget. Send buffers are published on demand: a few at first, twice as
+/// many each time the client spends them all, and as many as a large datagram needs when the client
+/// asks for them (`send_wanted`), up to the ring's size and the budget. An idle socket holds two.
 final class UDPSocket: ServerSocket {
     private var pcb: UnsafeMutablePointer<udp_pcb>?
     private let receiveRing: BipartiteRingProducer
@@ -29,8 +35,17 @@ final class UDPSocket: ServerSocket {
     private var readShutdown = false
     private(set) var receiveDrops: UInt64 = 0
     private(set) var sendErrors: UInt64 = 0
+    /// Budget charged for each receive item's pbuf (process-vm), by ring position.
+    private var receiveCharges: [Int]
+    /// Send buffers to keep published (process-vm; the whole ring with shared memory).
+    private var sendTarget: Int
 
     static let maximumPayload = 65_507
+    /// Send buffers an idle process-vm socket keeps published.
+    static let initialSendBuffers = 2
+    /// What lwIP adds to each pbuf's payload (struct pbuf, header room), for the budget.
+    static let pbufOverhead = 128
+    private var sendBufferCost: Int { slotSize + Self.pbufOverhead }
 
     override init(session: Session, handle: UInt32, domain: Int32, info: ChannelInfo, view: ChannelView,
                   appEvent: EventFD, stackEvent: EventFD) throws(ServerError) {
@@ -40,6 +55,8 @@ final class UDPSocket: ServerSocket {
         sendRing = view.datagramProducer(receive: false, count: Int(info.sendSize))
         receivePbufs = Array(repeating: nil, count: Int(info.receiveSize))
         sendPbufs = Array(repeating: nil, count: Int(info.sendSize))
+        receiveCharges = Array(repeating: 0, count: Int(info.receiveSize))
+        sendTarget = info.transport == .processVM ? min(Self.initialSendBuffers, Int(info.sendSize)) : Int(info.sendSize)
         receiveSlots = Int(info.offset) + view.layout.receiveSlots
         sendSlots = Int(info.offset) + view.layout.sendSlots
         try super.init(session: session, handle: handle, domain: domain, info: info, view: view, appEvent: appEvent, stackEvent: stackEvent)
@@ -76,7 +93,8 @@ final class UDPSocket: ServerSocket {
         default:
             items = max(1, (total + slotSize - 1) / slotSize)
         }
-        guard items <= receiveRing.freeItems else {
+        let charge = transport == .processVM ? total + items * Self.pbufOverhead : 0
+        guard items <= receiveRing.freeItems, charge == 0 || session.chargeBufferMemory(charge) else {
             receiveRing.countDrop()
             receiveDrops += 1
             pbuf_free(p)
@@ -109,6 +127,7 @@ final class UDPSocket: ServerSocket {
         }
         if transport == .processVM {
             receivePbufs[receiveRing.slotToFill(0)] = p // held until the client hands the items back
+            receiveCharges[receiveRing.slotToFill(0)] = charge
         } else {
             pbuf_free(p)
         }
@@ -126,6 +145,8 @@ final class UDPSocket: ServerSocket {
                 if let p = receivePbufs[slot] {
                     pbuf_free(p)
                     receivePbufs[slot] = nil
+                    session.releaseBufferMemory(receiveCharges[slot])
+                    receiveCharges[slot] = 0
                 }
             }
         }
@@ -139,6 +160,10 @@ final class UDPSocket: ServerSocket {
         while true {
             let n = try sendRing.reclaimable()
             if n == 0 { break }
+            // The client spent every buffer we had published: it sends in bursts, give it more.
+            if transport == .processVM && n == Int(sendRing.geometry.count) - sendRing.freeItems {
+                sendTarget = min(sendTarget * 2, Int(sendRing.geometry.count))
+            }
             var k = 0
             while k < n {
                 k += sendDatagram(at: k, available: n - k)
@@ -147,16 +172,44 @@ final class UDPSocket: ServerSocket {
                 // Buffers of malformed datagrams were not consumed by a send: free them too.
                 for j in 0..<n {
                     let slot = sendRing.slotToReclaim(j)
-                    if let p = sendPbufs[slot] { pbuf_free(p); sendPbufs[slot] = nil }
+                    if let p = sendPbufs[slot] {
+                        pbuf_free(p)
+                        sendPbufs[slot] = nil
+                        releaseBuffer()
+                    }
                 }
             }
             sendRing.reclaim(n)
             refillSendRing()
         }
+        grantWantedBuffers()
         gate.release()
     }
 
+    /// The client waits for `send_wanted` buffers (a datagram that needs more than we publish, or a
+    /// burst): publish them if the budget allows, else tell it (ENOBUFS on its send).
+    private func grantWantedBuffers() {
+        guard transport == .processVM else { return }
+        let wanted = min(Int(view.sendWanted), Int(sendRing.geometry.count)) // a hint from the client: clamped
+        guard wanted > 0 else { return }
+        if wanted > sendTarget {
+            sendTarget = wanted
+            refillSendRing()
+        }
+        if Int(sendRing.geometry.count) - sendRing.freeItems < wanted {
+            view.setEvents(CSHIMS_EV_NOBUFS)
+        }
+    }
+
+    private func releaseBuffer() {
+        session.releaseBufferMemory(sendBufferCost)
+    }
+
     /// Sends the datagram whose first item is the `k`-th spent item.
+    ///
+    /// The items are in the client's memory and may change while we read them: each is copied once
+    /// into a local and only those copies are validated and used (a length checked and then read
+    /// again could have grown in between). Where a buffer is comes from our private records.
     /// - Returns: the number of items it occupied (1 for a malformed item, which is dropped).
     private func sendDatagram(at k: Int, available: Int) -> Int {
         let first = sendRing.itemToReclaim(k).pointee
@@ -166,6 +219,7 @@ final class UDPSocket: ServerSocket {
             sendErrors += 1
             return 1
         }
+        var lengths = [Int](repeating: 0, count: count)
         var sum = 0
         for j in 0..<count {
             let item = sendRing.itemToReclaim(k + j).pointee
@@ -174,7 +228,8 @@ final class UDPSocket: ServerSocket {
                 sendErrors += 1
                 return count
             }
-            sum += Int(item.length)
+            lengths[j] = Int(item.length)
+            sum += lengths[j]
         }
         guard sum == total else {
             sendErrors += 1
@@ -188,7 +243,8 @@ final class UDPSocket: ServerSocket {
                 let slot = sendRing.slotToReclaim(k + j)
                 guard let p = sendPbufs[slot] else { continue }
                 sendPbufs[slot] = nil
-                cstack_pbuf_set_length(p, UInt16(sendRing.itemToReclaim(k + j).pointee.length))
+                releaseBuffer()
+                cstack_pbuf_set_length(p, UInt16(lengths[j]))
                 if let c = chain { pbuf_cat(c, p) } else { chain = p }
             }
             head = chain
@@ -198,10 +254,9 @@ final class UDPSocket: ServerSocket {
                 var offset = 0
                 let payload = cstack_pbuf_payload(head)!
                 for j in 0..<count {
-                    let length = Int(sendRing.itemToReclaim(k + j).pointee.length)
                     let source = session.segmentBase + sendSlots + sendRing.slotToReclaim(k + j) * slotSize
-                    (payload + offset).copyMemory(from: source, byteCount: length)
-                    offset += length
+                    (payload + offset).copyMemory(from: source, byteCount: lengths[j])
+                    offset += lengths[j]
                 }
             }
         }
@@ -232,15 +287,20 @@ final class UDPSocket: ServerSocket {
         return count
     }
 
-    /// Publishes empty send buffers until the ring is full (or lwIP is out of memory).
+    /// Publishes empty send buffers up to the target (or until lwIP or the budget is out of memory).
     private func refillSendRing() {
         var n = 0
-        while n < sendRing.freeItems {
+        let published = Int(sendRing.geometry.count) - sendRing.freeItems
+        fill: while n < sendRing.freeItems && published + n < sendTarget {
             let item = sendRing.itemToFill(n)
             let slot = sendRing.slotToFill(n)
             switch transport {
             case .processVM:
-                guard let p = cstack_pbuf_alloc_transport(UInt16(slotSize)) else { break }
+                guard session.chargeBufferMemory(sendBufferCost) else { break fill }
+                guard let p = cstack_pbuf_alloc_transport(UInt16(slotSize)) else {
+                    session.releaseBufferMemory(sendBufferCost)
+                    break fill
+                }
                 sendPbufs[slot] = p
                 item.pointee.payload = UInt64(UInt(bitPattern: cstack_pbuf_payload(p)))
             default:
@@ -357,8 +417,21 @@ final class UDPSocket: ServerSocket {
             udp_remove(pcb)
             self.pcb = nil
         }
-        for i in receivePbufs.indices { if let p = receivePbufs[i] { pbuf_free(p); receivePbufs[i] = nil } }
-        for i in sendPbufs.indices { if let p = sendPbufs[i] { pbuf_free(p); sendPbufs[i] = nil } }
+        for i in receivePbufs.indices {
+            if let p = receivePbufs[i] {
+                pbuf_free(p)
+                receivePbufs[i] = nil
+                session.releaseBufferMemory(receiveCharges[i])
+                receiveCharges[i] = 0
+            }
+        }
+        for i in sendPbufs.indices {
+            if let p = sendPbufs[i] {
+                pbuf_free(p)
+                sendPbufs[i] = nil
+                releaseBuffer()
+            }
+        }
     }
 }
 

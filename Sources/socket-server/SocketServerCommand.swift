@@ -114,6 +114,9 @@ struct SocketServerCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Bytes per UDP payload buffer (multiple of 64, 512 to 65536).", valueName: "bytes"))
     var datagramSlotSize: Int = 2048
 
+    @Option(name: .long, help: ArgumentHelp("Server memory a client's UDP payload buffers may hold (suffixes K, M, G).", discussion: "With the process-vm transport, a client's datagrams wait in lwIP buffers in the server: received ones until the client takes them, send buffers until it fills them. Beyond this budget received datagrams are dropped (and counted) and sends that need more buffers fail with ENOBUFS.", valueName: "size"))
+    var clientBufferMemory: String = "32M"
+
     @Option(name: .long, help: ArgumentHelp("Bytes per TCP ring, each direction (suffixes K, M).", valueName: "size"))
     var streamRingSize: String = "128K"
 
@@ -180,7 +183,7 @@ struct SocketServerCommand: ParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         for a in address where InterfaceAddress(cidr: a) == nil { throw ValidationError("--address \(a) is not an IPv4 or IPv6 CIDR") }
         for u in allowUID where u != "any" && UInt32(u) == nil { throw ValidationError("--allow-uid \(u) is not a user id") }
-        guard parseSize(segmentSize) != nil, parseSize(streamRingSize) != nil else { throw ValidationError("sizes take a number with an optional K, M or G suffix") }
+        guard parseSize(segmentSize) != nil, parseSize(streamRingSize) != nil, parseSize(clientBufferMemory) != nil else { throw ValidationError("sizes take a number with an optional K, M or G suffix") }
         guard (68...65535).contains(loopbackMTU) else { throw ValidationError("--loopback-mtu must be between 68 and 65535") }
     }
 
@@ -203,6 +206,7 @@ struct SocketServerCommand: ParsableCommand {
         config.datagramRingItems = datagramRingItems
         config.datagramSlotSize = datagramSlotSize
         config.streamRingSize = parseSize(streamRingSize)!
+        config.clientBufferMemory = parseSize(clientBufferMemory)!
         config.loopbackMTU = UInt16(loopbackMTU)
         config.taps = try tapConfigurations()
         config.capturePath = capture

@@ -81,6 +81,7 @@ typedef struct cshims_channel_header {
     _Atomic uint32_t blocked;                            // app made its fd unwritable (see Notifier)
     _Atomic uint32_t pending_accepts;                    // listener: connections ready to accept
     _Atomic uint32_t stack_wants;                        // CSHIMS_WANTS_* set by the stack, cleared by the app
+    _Atomic uint32_t send_wanted;                        // datagram: send buffers the app waits for (a hint, clamped)
     cshims_notify_state to_app;                          // stack -> app
     cshims_notify_state to_stack;                        // app -> stack
 } cshims_channel_header;
@@ -92,6 +93,7 @@ typedef struct cshims_channel_header {
 #define CSHIMS_EV_CONNECTED   0x10u // connect completed
 #define CSHIMS_EV_WRITE_SHUT  0x20u // the stack will accept no more data to send
 #define CSHIMS_EV_CLOSED      0x40u // the stack has released the socket
+#define CSHIMS_EV_NOBUFS      0x80u // datagram: the stack cannot give the send buffers asked for (memory limit)
 
 #define CSHIMS_WANTS_RX_PROGRESS 0x01u // stack: tell me (notify to_stack) when you consume receive data
 
@@ -105,7 +107,7 @@ typedef struct cshims_segment_header {
 } cshims_segment_header;
 
 #define CSHIMS_SEGMENT_MAGIC 0x534f4b53u // "SKOS"
-#define CSHIMS_LAYOUT_VERSION 1u
+#define CSHIMS_LAYOUT_VERSION 2u
 
 enum {
     CSHIMS_ADDRESS_SIZE = sizeof(cshims_address),
@@ -127,6 +129,7 @@ enum {
     CSHIMS_CHANNEL_BLOCKED = offsetof(cshims_channel_header, blocked),
     CSHIMS_CHANNEL_PENDING_ACCEPTS = offsetof(cshims_channel_header, pending_accepts),
     CSHIMS_CHANNEL_STACK_WANTS = offsetof(cshims_channel_header, stack_wants),
+    CSHIMS_CHANNEL_SEND_WANTED = offsetof(cshims_channel_header, send_wanted),
     CSHIMS_CHANNEL_TO_APP = offsetof(cshims_channel_header, to_app),
     CSHIMS_CHANNEL_TO_STACK = offsetof(cshims_channel_header, to_stack),
     CSHIMS_SEGMENT_HEADER_SIZE = sizeof(cshims_segment_header),

@@ -87,6 +87,11 @@ public struct ChannelView {
         cshims_fetch_and_u32(base + Int(CSHIMS_CHANNEL_STACK_WANTS), ~bits) & bits
     }
 
+    /// Datagram sockets: the send buffers the app is waiting for (set by the app; the stack treats
+    /// it as a hint and clamps it to the ring).
+    public var sendWanted: UInt32 { cshims_load_acquire_u32(base + Int(CSHIMS_CHANNEL_SEND_WANTED)) }
+    public func setSendWanted(_ n: UInt32) { cshims_store_release_u32(base + Int(CSHIMS_CHANNEL_SEND_WANTED), n) }
+
     public func streamProducer(receive: Bool, capacity: Int) -> StreamRingProducer {
         StreamRingProducer(header: base + (receive ? layout.receiveRing : layout.sendRing),
                            data: base + (receive ? layout.receiveData : layout.sendData),

@@ -38,20 +38,26 @@ public struct Notifier {
 
     /// Producer: wakes the consumer unless it already has a wake-up pending.
     /// - Returns: true when it wrote the eventfd.
+    ///
+    /// The counters are in shared memory, so the peer can rewrite them at will: the CAS loop is
+    /// bounded, and after that many lost races we write the eventfd anyway (a spare wake-up costs
+    /// the consumer one empty look; the producer never spins on a peer that keeps moving `posted`).
     @discardableResult
     public func notify() -> Bool {
         cshims_fence_seq_cst()
-        while true {
+        for _ in 0..<Self.maximumRaces {
             let p = cshims_load_seq_cst_u64(posted)
             let a = cshims_load_seq_cst_u64(acked)
             if p != a { return false }
-            if cshims_cas_u64(posted, p, p &+ 1) {
-                // EAGAIN only if the counter is saturated (the writability block): already readable.
-                _ = cshims_eventfd_write(fd, 1)
-                return true
-            }
+            if cshims_cas_u64(posted, p, p &+ 1) { break }
         }
+        // EAGAIN only if the counter is saturated (the writability block): already readable.
+        _ = cshims_eventfd_write(fd, 1)
+        return true
     }
+
+    /// CAS attempts before `notify` stops racing (only a peer rewriting `posted` loses this often).
+    static let maximumRaces = 64
 
     /// Consumer: takes in every signal so far. Re-check for work afterwards (see the type's doc).
     /// - Parameter drain: false leaves the eventfd counter alone (while it holds the writability block).

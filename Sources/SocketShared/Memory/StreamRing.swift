@@ -6,8 +6,11 @@ import CShims
 /// on separate cache lines. Both run modulo 2 x capacity: `head - tail` (mod 2C) is the number of
 /// bytes in the ring, from 0 (empty) to C (full), so no byte is wasted to tell the two apart.
 /// Each side keeps its own index privately and only publishes it; the peer's index is read with
-/// acquire ordering and validated before use, so a peer that scribbles on the header can only make
-/// this side report corruption, never read or write outside the ring.
+/// acquire ordering and validated before use against this side's private record of it: it may only
+/// move forward, and never past this side's own index (the consumer never past the producer, the
+/// producer never more than a capacity ahead). A peer that scribbles on the header (moves an index
+/// back by one byte, say) can therefore only make this side report corruption, never make it count
+/// bytes twice, read or write outside the ring, or compute a negative length.
 public struct StreamRingGeometry: Sendable, Equatable {
     public let capacity: UInt32
 
@@ -41,8 +44,9 @@ public final class StreamRingProducer {
     private let header: UnsafeMutableRawPointer
     private let data: UnsafeMutableRawPointer
     private var head: UInt32
-    /// The consumer's index as last read: free space computed from it is a lower bound, so a write
-    /// that fits needs no load of the consumer's cache line.
+    /// The consumer's index as last read and validated: free space computed from it is a lower
+    /// bound, so a write that fits needs no load of the consumer's cache line. The consumer may only
+    /// move it forward.
     private var cachedTail: UInt32
 
     /// - Parameters:
@@ -63,11 +67,14 @@ public final class StreamRingProducer {
     /// - Throws: `.corruptSharedState` if the consumer's index is impossible.
     public func freeSpace() throws(SharedError) -> Int {
         let tail = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_TAIL))
-        guard let used = geometry.used(head: head, tail: tail) else {
-            throw SharedError(.corruptSharedState, "stream ring consumer index \(tail)")
+        // Forward from the last value we saw, and not past our head: [cachedTail, head].
+        guard let advanced = geometry.used(head: tail, tail: cachedTail),
+              let outstanding = geometry.used(head: head, tail: cachedTail), advanced <= outstanding
+        else {
+            throw SharedError(.corruptSharedState, "stream ring consumer index \(tail) (expected \(cachedTail)...\(head))")
         }
         cachedTail = tail
-        return Int(geometry.capacity - used)
+        return Int(geometry.capacity - (outstanding - advanced))
     }
 
     /// Free space from the shared indices alone, without touching this side's private state: safe
@@ -138,7 +145,8 @@ public final class StreamRingConsumer {
     private let header: UnsafeMutableRawPointer
     private let data: UnsafeMutableRawPointer
     private var tail: UInt32
-    /// The producer's index as last read (a lower bound of what is ready; see the producer's).
+    /// The producer's index as last read and validated (a lower bound of what is ready; see the
+    /// producer's). The producer may only move it forward.
     private var cachedHead: UInt32
 
     public init(header: UnsafeMutableRawPointer, data: UnsafeMutableRawPointer, geometry: StreamRingGeometry) {
@@ -155,8 +163,11 @@ public final class StreamRingConsumer {
     /// - Throws: `.corruptSharedState` if the producer's index is impossible.
     public func available() throws(SharedError) -> Int {
         let head = cshims_load_acquire_u32(header + Int(CSHIMS_STREAM_RING_HEAD))
-        guard let used = geometry.used(head: head, tail: tail) else {
-            throw SharedError(.corruptSharedState, "stream ring producer index \(head)")
+        // At most a capacity ahead of our tail, and not behind the last value we saw.
+        guard let used = geometry.used(head: head, tail: tail),
+              let before = geometry.used(head: cachedHead, tail: tail), used >= before
+        else {
+            throw SharedError(.corruptSharedState, "stream ring producer index \(head) (expected \(cachedHead) or later)")
         }
         cachedHead = head
         return Int(used)
