@@ -29,6 +29,12 @@ final class Session {
     private var misbehaving = false
     /// Server heap held for this client's datagram payloads (see `chargeBufferMemory`).
     private(set) var bufferMemory = 0
+    /// Connections living in this client's segment that its listeners accepted from other local
+    /// clients, by connecting session (see `Session+AcceptFairness.swift`).
+    var acceptedFrom: [UInt64: Int] = [:]
+    /// Connections refused since the last log line about it, and when that line was written.
+    var acceptRefusals = 0
+    var lastAcceptRefusalLog: UInt64 = 0
     private(set) var isClosed = false
     var logger: Logger
 
@@ -183,14 +189,19 @@ final class Session {
 
     /// A connection a listener accepted (inside lwIP's accept callback): it gets its channel now, so
     /// data flows into its ring before the app calls accept.
-    func createAcceptedSocket(_ pcb: UnsafeMutablePointer<tcp_pcb>, domain: Int32) -> TCPSocket? {
+    func createAcceptedSocket(_ pcb: UnsafeMutablePointer<tcp_pcb>, domain: Int32) -> Result<TCPSocket, Errno> {
         let result = createSocket(streamTemplate) { (info, view, app, stack) throws(ServerError) in
             try TCPSocket(accepted: pcb, session: self, handle: info.handle, domain: domain, info: info, view: view,
                           appEvent: app, stackEvent: stack)
         }
-        guard case .success(let socket) = result else { return nil }
-        return socket as? TCPSocket
+        return result.map { $0 as! TCPSocket }
     }
+
+    /// Bytes of this client's segment one accepted connection takes.
+    var acceptedConnectionSize: Int { ChannelLayout(streamTemplate).size }
+
+    /// Bytes this client's segment holds for channels.
+    var segmentCapacity: Int { allocator.capacity }
 
     /// Allocates a channel (shaped by `template`) and two eventfds, builds the socket with `build`,
     /// and registers it under a new handle.
@@ -260,6 +271,7 @@ final class Session {
     }
 
     private func releaseChannel(of socket: ServerSocket) {
+        if let tcp = socket as? TCPSocket, let connector = tcp.acceptedFrom { uncharge(connector) }
         socket.release()
         allocator.release(Int(socket.info.offset), socket.view.layout.size)
     }

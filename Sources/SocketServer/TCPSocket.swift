@@ -45,9 +45,15 @@ final class TCPSocket: ServerSocket {
     private var lingerOn = false
     private var lingerSeconds: Int32 = 0
     private var failed = false
+    /// An accepted connection from another local client: that client's session id (see
+    /// `Session+AcceptFairness.swift`).
+    var acceptedFrom: UInt64?
     // Listener state.
     private var backlog = 0
     private(set) var pendingConnections: [UInt32] = []
+
+    /// Largest listen backlog (Linux's default net.core.somaxconn).
+    static let maximumBacklog: Int32 = 4096
 
     /// A fresh socket (not yet bound, listening or connected).
     override init(session: Session, handle: UInt32, domain: Int32, info: ChannelInfo, view: ChannelView,
@@ -351,7 +357,7 @@ final class TCPSocket: ServerSocket {
 
     func accepted(_ newpcb: UnsafeMutablePointer<tcp_pcb>) -> err_t {
         guard pendingConnections.count < backlog,
-              let socket = session.createAcceptedSocket(newpcb, domain: domain)
+              let socket = session.admitAcceptedConnection(newpcb, domain: domain, port: pcb.map { cstack_tcp_local_port($0) } ?? 0)
         else {
             tcp_abort(newpcb)
             return err_t(ERR_ABRT.rawValue)
@@ -387,7 +393,7 @@ final class TCPSocket: ServerSocket {
             return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
         case .listen(_, let requested):
             if role == .listener {
-                backlog = Int(max(1, min(requested, 65535)))
+                backlog = Int(max(1, min(requested, Self.maximumBacklog)))
                 return .ok(value: 0)
             }
             guard let pcb, role == .fresh else { return .error(EINVAL) }
@@ -400,7 +406,7 @@ final class TCPSocket: ServerSocket {
             guard let listener = cstack_tcp_listen(pcb, 255, &err) else { return .error(errnoFor(err)) }
             self.pcb = listener // lwIP freed the original pcb
             role = .listener
-            backlog = Int(max(1, min(requested <= 0 ? 128 : requested, 65535)))
+            backlog = Int(max(1, min(requested <= 0 ? 128 : requested, Self.maximumBacklog)))
             tcp_arg(listener, Unmanaged.passUnretained(self).toOpaque())
             tcp_accept(listener, tcpAccepted)
             return .ok(value: 0)

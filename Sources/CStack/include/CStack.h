@@ -107,6 +107,9 @@ static inline uint32_t cstack_tcp_keep_cnt(const struct tcp_pcb *pcb) { return p
 static inline void cstack_tcp_set_keep_cnt(struct tcp_pcb *pcb, uint32_t n) { pcb->keep_cnt = n; }
 /// Fills a Linux `struct tcp_info` (up to len bytes) with what lwIP knows; returns bytes written.
 size_t cstack_tcp_info(const struct tcp_pcb *pcb, void *out, size_t len);
+/// For a connection between two of the stack's own addresses: the callback argument of the other
+/// end's pcb (the connecting side, seen from an accepted pcb), or NULL when it is not local.
+void *cstack_tcp_local_peer_arg(const struct tcp_pcb *pcb);
 /// tcp_listen_with_backlog_and_err; on success the original pcb is freed and the listener returned.
 struct tcp_pcb *cstack_tcp_listen(struct tcp_pcb *pcb, uint8_t backlog, err_t *err);
 

@@ -1,0 +1,63 @@
+import CLwIP
+import CStack
+import SocketShared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fairness for connections a client's listeners accept.
+///
+/// An accepted connection's channel lives in the *listening* client's segment, so a client that
+/// connects many times to another client's listener (and holds the connections) spends that client's
+/// memory. Each other local client may therefore hold at most half of the listening client's segment
+/// in connections it connected; beyond that its new connections are reset (the connector sees
+/// `ECONNRESET`), and the server logs the refusal (at most once a second per listening client), so
+/// other clients can still connect. Connections from the listening client itself and from the network
+/// are not limited this way (the segment size still bounds them; a full segment is logged too).
+extension Session {
+    /// Decides whether a connection a listener of this client accepted may have a channel here.
+    /// - Parameters:
+    ///   - pcb: the accepted connection.
+    ///   - port: the listener's port (for the log).
+    /// - Returns: the new socket, or nil after logging why it was refused (the caller resets it).
+    func admitAcceptedConnection(_ pcb: UnsafeMutablePointer<tcp_pcb>, domain: Int32, port: UInt16) -> TCPSocket? {
+        let connector = cstack_tcp_local_peer_arg(pcb).map { Unmanaged<TCPSocket>.fromOpaque($0).takeUnretainedValue().session }
+        var chargeTo: Session?
+        if let connector, connector !== self {
+            let share = segmentCapacity / 2 / acceptedConnectionSize
+            let held = acceptedFrom[connector.id, default: 0]
+            guard held < share else {
+                refused(port: port, "client pid \(connector.credentials.pid) already holds \(held) connections, its fair share of this client's segment")
+                return nil
+            }
+            chargeTo = connector
+        }
+        switch createAcceptedSocket(pcb, domain: domain) {
+        case .success(let socket):
+            if let chargeTo {
+                socket.acceptedFrom = chargeTo.id
+                acceptedFrom[chargeTo.id, default: 0] += 1
+            }
+            return socket
+        case .failure(let err):
+            let reason = err.rawValue == ENOBUFS ? "the segment is full (--segment-size)" : "\(err)"
+            refused(port: port, "\(reason)")
+            return nil
+        }
+    }
+
+    /// An accepted connection charged to `connector` was released.
+    func uncharge(_ connector: UInt64) {
+        guard let n = acceptedFrom[connector] else { return }
+        acceptedFrom[connector] = n > 1 ? n - 1 : nil
+    }
+
+    private func refused(port: UInt16, _ reason: String) {
+        acceptRefusals += 1
+        let now = monotonicNanoseconds()
+        guard now &- lastAcceptRefusalLog >= 1_000_000_000 else { return }
+        logger.warning("listener port \(port): refused \(acceptRefusals) connection(s) (reset): \(reason)")
+        lastAcceptRefusalLog = now
+        acceptRefusals = 0
+    }
+}
