@@ -157,7 +157,9 @@ final class UDPSocket: ServerSocket {
 
     override func serviceStackEvent() throws(SharedError) {
         toStack.acknowledge()
-        while true {
+        // Bounded: a client handing buffers back as fast as we publish them must not keep the stack
+        // thread here. What it hands back later comes with a new notification (we acknowledged).
+        for _ in 0..<2 {
             let n = try sendRing.reclaimable()
             if n == 0 { break }
             // The client spent every buffer we had published: it sends in bursts, give it more.
