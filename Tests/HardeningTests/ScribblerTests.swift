@@ -63,6 +63,11 @@ struct ScribblerTests {
             let done = output.last { $0.hasPrefix("done ") }.map { ChildProcess.fields($0) } ?? [:]
             let sessions = output.filter { $0.hasPrefix("session") }
             print("\(what): \(status.map { "\($0)" } ?? "killed after the timeout"), \(done), honest echo runs: \(honest), \(sessions.count) session lines")
+            if case .signaled? = status {
+                // The client library trapped on the corruption: where (a client-side finding, not a failure here).
+                let frames = scribbler.logTail(maxBytes: 60_000).split(separator: "\n").filter { $0.contains(" at /work") || $0.contains("Fatal error") || $0.contains("runtime failure") }
+                print("\(what) died in:\n\(frames.prefix(8).joined(separator: "\n"))")
+            }
             #expect(!output.contains { $0.hasPrefix("error") }, "\(what) could not set up: \(scribbler.diagnostics)")
             // The scribbler may die of its own corruption (the library trapping on it) but must not
             // lose its server.
