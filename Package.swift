@@ -142,5 +142,16 @@ let package = Package(
             name: "NetworkTests",
             dependencies: ["TestSupport"]
         ),
+        // Hostile and greedy clients (issue 9): the scribbler writes over its own segment, floods and
+        // hoards; the tests check the real server survives them and keeps serving everyone else.
+        .executableTarget(
+            name: "scribbler",
+            dependencies: ["SocketClient", "SocketShared", "CShims", "TestSupport"],
+            path: "Tests/scribbler"
+        ),
+        .testTarget(
+            name: "HardeningTests",
+            dependencies: ["SocketShared", "CShims", "TestSupport"]
+        ),
     ]
 )
