@@ -126,7 +126,7 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         var copied = 0
         var b = 0, bOffset = 0
         for range in remote {
-            guard let src = try? connection.segment.pointer(at: Int(range.address), length: range.length) else { throw Errno(EPROTO) }
+            guard let src = try? connection.segment.pointer(at: Int(exactly: range.address) ?? -1, length: range.length) else { throw Errno(EPROTO) }
             var done = 0
             while done < range.length && b < buffers.count {
                 let n = min(range.length - done, buffers[b].count - bOffset)
@@ -230,7 +230,7 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         }
         var s = 0, sOffset = 0
         for range in remote {
-            guard let dst = try? connection.segment.pointer(at: Int(range.address), length: range.length) else { throw Errno(EPROTO) }
+            guard let dst = try? connection.segment.pointer(at: Int(exactly: range.address) ?? -1, length: range.length) else { throw Errno(EPROTO) }
             var done = 0
             while done < range.length {
                 let n = min(range.length - done, sources[s].count - sOffset)

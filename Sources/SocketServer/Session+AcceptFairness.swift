@@ -9,11 +9,13 @@ import Glibc
 ///
 /// An accepted connection's channel lives in the *listening* client's segment, so a client that
 /// connects many times to another client's listener (and holds the connections) spends that client's
-/// memory. Each other local client may therefore hold at most half of the listening client's segment
-/// in connections it connected; beyond that its new connections are reset (the connector sees
-/// `ECONNRESET`), and the server logs the refusal (at most once a second per listening client), so
-/// other clients can still connect. Connections from the listening client itself and from the network
-/// are not limited this way (the segment size still bounds them; a full segment is logged too).
+/// memory. Each other local client may therefore hold in connections it made no more of the listening
+/// client's segment than stays free after its next one: the first greedy client gets at most half,
+/// a second a quarter, and so on, so a newcomer (which holds nothing) still finds room. Beyond its
+/// share a client's new connections are reset (the connector sees `ECONNRESET`), and the server logs
+/// the refusal (at most once a second per listening client). Connections from the listening client
+/// itself and from the network are not limited this way (the segment size still bounds them; a full
+/// segment is logged too).
 extension Session {
     /// Decides whether a connection a listener of this client accepted may have a channel here.
     /// - Parameters:
@@ -24,9 +26,9 @@ extension Session {
         let connector = cstack_tcp_local_peer_arg(pcb).map { Unmanaged<TCPSocket>.fromOpaque($0).takeUnretainedValue().session }
         var chargeTo: Session?
         if let connector, connector !== self {
-            let share = segmentCapacity / 2 / acceptedConnectionSize
+            let size = acceptedConnectionSize
             let held = acceptedFrom[connector.id, default: 0]
-            guard held < share else {
+            guard (held + 1) * size <= segmentFree - size else {
                 refused(port: port, "client pid \(connector.credentials.pid) already holds \(held) connections, its fair share of this client's segment")
                 return nil
             }

@@ -200,8 +200,8 @@ final class Session {
     /// Bytes of this client's segment one accepted connection takes.
     var acceptedConnectionSize: Int { ChannelLayout(streamTemplate).size }
 
-    /// Bytes this client's segment holds for channels.
-    var segmentCapacity: Int { allocator.capacity }
+    /// Bytes of this client's segment not yet given to a channel.
+    var segmentFree: Int { allocator.capacity - allocator.allocated }
 
     /// Allocates a channel (shaped by `template`) and two eventfds, builds the socket with `build`,
     /// and registers it under a new handle.

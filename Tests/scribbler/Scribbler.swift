@@ -147,11 +147,13 @@ struct Scribbler {
         guard next <= segment.size else { fail("our sockets need \(next) bytes, the segment has \(segment.size)") }
 
         // Check the computed layout against what the server wrote: a datagram channel's send ring
-        // is full of empty buffers of the slot size, and each connection is marked connected.
+        // has empty buffers of the slot size (all of them with shared memory; with process-vm a few,
+        // published on demand), and each connection is marked connected.
         for offset in datagramOffsets {
             let sendHead = cshims_load_acquire_u32(segment.base + offset + datagram.sendRing + Int(CSHIMS_BIPARTITE_HEAD))
             let firstItem = (segment.base + offset + datagram.sendData).load(as: cshims_datagram_item.self)
-            guard sendHead == UInt32(geometry.datagramItems), firstItem.capacity == UInt32(geometry.slotSize),
+            let published = transport == .sharedMemory ? sendHead == UInt32(geometry.datagramItems) : (1...UInt32(geometry.datagramItems)).contains(sendHead)
+            guard published, firstItem.capacity == UInt32(geometry.slotSize),
                   transport != .sharedMemory || firstItem.payload == UInt64(offset + datagram.sendSlots)
             else { fail("layout: no datagram channel at offset \(offset) (send head \(sendHead), item capacity \(firstItem.capacity)); do the geometry options match the server's?") }
         }
@@ -165,6 +167,8 @@ struct Scribbler {
             if transport == .processVM && layout.kind == .datagram {
                 let item = Int(CSHIMS_DATAGRAM_ITEM_SIZE), guarded = MemoryLayout<cshims_datagram_item>.offset(of: \.length)!
                 s.trustedRanges += (0..<geometry.datagramItems).map { offset + layout.sendData + $0 * item }.map { $0..<($0 + guarded) }
+                let head = offset + layout.sendRing + Int(CSHIMS_BIPARTITE_HEAD)
+                s.trustedRanges.append(head..<(head + 4))
             }
         }
         s.headerFields = s.fields.filter { $0.kind.isHeader }
@@ -239,8 +243,9 @@ struct Scribbler {
     private func mutate(_ s: Session, targeted: Bool, _ rng: inout SeededRandom, round: Int) {
         if !targeted && rng.oneIn(8) {
             let offset = Int(CSHIMS_SEGMENT_HEADER_SIZE) + rng.below(s.allocatedEnd - Int(CSHIMS_SEGMENT_HEADER_SIZE) - 8)
-            // With process-vm, the payload and capacity of send items say where in the server the
-            // library writes: that transport trusts the client with the server's memory (README).
+            // With process-vm, the payload and capacity of send items (and the send ring's head, which
+            // says which items are live) say where in the server the library writes: that transport
+            // trusts the client with the server's memory (README).
             if s.trustedRanges.contains(where: { offset < $0.upperBound && $0.lowerBound < offset + 8 }) { return }
             let value = rng.next()
             (s.segment.base + offset).storeBytes(of: value, as: UInt64.self)
