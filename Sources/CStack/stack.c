@@ -397,6 +397,11 @@ struct cstack_acl_entry {
 int cstack_set_user_acl(const char *path, unsigned owner_perm, const uint32_t *uids, int count, unsigned user_perm) {
     enum { USER_OBJ = 0x01, USER = 0x02, GROUP_OBJ = 0x04, MASK = 0x10, OTHER = 0x20 };
     const uint32_t undefined = 0xFFFFFFFFu;
+    if (count == 0) {
+        // No named users: no ACL (the mode alone decides); none to remove is fine.
+        int rc = removexattr(path, "system.posix_acl_access");
+        return (rc == 0 || errno == ENODATA || errno == EOPNOTSUPP) ? 0 : -1;
+    }
     if (count < 0 || count > 1024) {
         errno = EINVAL;
         return -1;

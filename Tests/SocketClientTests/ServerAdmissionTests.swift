@@ -6,6 +6,10 @@ import Testing
 import Glibc
 #endif
 
+/// getxattr(2) (not in Glibc's Swift module).
+@_silgen_name("getxattr")
+private func getxattr(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeMutableRawPointer?, _ size: Int) -> Int
+
 /// Who gets in, and what it may hold: descriptor exhaustion, connections that never say HELLO,
 /// users the server refuses, and the socket file's permissions. Hostile clients are raw SEQPACKET
 /// connections (`FailureTests.RawConnection`) so that they do exactly what the test says.
@@ -197,5 +201,239 @@ struct ServerAdmissionTests {
                 "descriptors did not come back to \(baseline): \(Self.descriptorSummary(server.pid))\n\(server.log)")
         let r = try FailureTests.roundTrip(server.socketPath, port: 7452)
         #expect(r.status == .exited(0) && r.line.hasPrefix("round-trip=ok"), "\(r.diagnostics)\n\(server.log)")
+    }
+
+    // MARK: connections that never say HELLO
+
+    @Test("a connection that never says HELLO is closed in time; a full set of them does not keep a client out")
+    func silentConnectionsAreDropped() throws {
+        let server = try ServerProcess()
+        defer { server.stop() }
+        let deadline = Deadline(seconds: 8)
+        // More than --max-pending-clients (32): the rest wait in the listen backlog.
+        let silent = try (0..<40).map { _ in try Raw(server.socketPath) }
+        let r = try FailureTests.roundTrip(server.socketPath, port: 7461)
+        #expect(r.status == .exited(0) && r.line.hasPrefix("round-trip=ok"), "a client next to 40 silent connections: \(r.diagnostics)\n\(server.log)")
+        for (i, c) in silent.enumerated() {
+            // The server closed it: recv says end of file (no reply is owed to a connection that asked nothing).
+            #expect(c.waitForClose(timeout: deadline.remainingMilliseconds), "silent connection \(i) is still open 8 s after it connected\n\(server.log)")
+        }
+        #expect(server.log.contains("no HELLO within 2 s"), "\(server.log)")
+        #expect(server.process.isRunning)
+    }
+
+    @Test("connections waiting for HELLO hold no --max-clients slot")
+    func pendingConnectionsHoldNoSlot() throws {
+        let server = try ServerProcess(["--max-clients", "2"])
+        defer { server.stop() }
+        let baseline = FailureTests.settledCounts(server).descriptors
+        let silent = try (0..<5).map { _ in try Raw(server.socketPath) }
+        try #require(waitUntil(timeout: 5) { server.openDescriptorCount >= baseline + 5 }, "the server did not accept 5 connections")
+        // With five connections open and pending, both slots are still free ...
+        let a = try Self.helloClient(server.socketPath)
+        let b = try Self.helloClient(server.socketPath)
+        var stillOpen = silent.filter { c in
+            var pfd = pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)
+            return poll(&pfd, 1, 0) == 0
+        }.count
+        try #require(stillOpen == 5, "the silent connections were closed before the test could use them (2 s)")
+        // ... and a third client is refused: the two sessions hold them.
+        let c = try Raw(server.socketPath)
+        try? c.send(FailureTests.hello())
+        let o = c.next()
+        var refused = false
+        if case .reply(_, .error(EUSERS)) = o { refused = true }
+        #expect(refused, "a third client with --max-clients 2: \(o)")
+        #expect(c.waitForClose(), "the refused client was not disconnected")
+        // The pending ones go (2 s), the sessions stay.
+        stillOpen = silent.filter { !$0.waitForClose() }.count
+        #expect(stillOpen == 0)
+        for client in [a, b] {
+            try client.send(Self.socketRequest(7))
+            let reply = client.next()
+            if case .reply(7, .socket) = reply {} else { Issue.record("a client session after the pending ones left: \(reply)") }
+        }
+    }
+
+    // MARK: logs
+
+    @Test("malformed control messages are logged once, not one line each, and the session survives 15")
+    func malformedMessagesAreLoggedSparingly() throws {
+        let server = try ServerProcess()
+        defer { server.stop() }
+        let c = try Self.helloClient(server.socketPath)
+        for i in 0..<15 {
+            try c.send([UInt8](repeating: UInt8(i), count: 24))
+            let o = c.next()
+            #expect(o == .reply(requestID: 0, .error(EBADMSG)), "garbage message \(i): \(o)")
+        }
+        try c.send(Self.socketRequest(40))
+        let o = c.next()
+        if case .reply(40, .socket) = o {} else { Issue.record("the session after 15 malformed messages: \(o)") }
+        let lines = server.log.split(separator: "\n").filter { $0.contains("malformed control message") }
+        // The first at once, then at most one a second: 15 replies read one by one take far less than 14 s.
+        #expect(!lines.isEmpty && lines.count < 15, "\(lines.count) log lines for 15 malformed messages:\n\(lines.joined(separator: "\n"))")
+    }
+
+    // MARK: other users
+
+    /// Whether the test runs as root; says SKIPPED (and why) when it does not.
+    static func isRoot(skipping test: String, because reason: String) -> Bool {
+        if getuid() == 0 { return true }
+        print("SKIPPED: ServerAdmissionTests.\(test) needs root: \(reason)")
+        return false
+    }
+
+    /// `python3` for a child that drops to another uid (the system one: a pyenv shim lives under /root).
+    static var python: String { access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3" }
+
+    /// A Python client that becomes `uid`, opens `count` raw connections to `path` (sending nothing),
+    /// prints for each "connect=ERRNO" or "reply=HEX end=eof|open|data", then "done", and keeps its
+    /// sockets until its stdin is closed.
+    static func rawClient(as uid: UInt32, path: String, count: Int) throws -> ChildProcess {
+        let script = """
+        import os, socket, sys
+        os.setgroups([]); os.setgid(\(uid)); os.setuid(\(uid))
+        held = []
+        for i in range(\(count)):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                s.connect(sys.argv[1])
+            except OSError as e:
+                print(f"connect={e.errno}", flush=True)
+                continue
+            s.settimeout(5)
+            reply = ""
+            try:
+                reply = s.recv(4096).hex()
+                end = "eof" if s.recv(4096) == b"" else "data"
+            except socket.timeout:
+                end = "open"
+            except OSError as e:
+                end = f"errno{e.errno}"
+            print(f"reply={reply} end={end}", flush=True)
+            held.append(s)
+        print("done", flush=True)
+        sys.stdin.readline()
+        """
+        return try ChildProcess(python, ["-c", script, path], stdin: .pipe)
+    }
+
+    static func hexBytes(_ hex: String) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var i = hex.startIndex
+        while i < hex.endIndex, let j = hex.index(i, offsetBy: 2, limitedBy: hex.endIndex), let b = UInt8(hex[i..<j], radix: 16) {
+            bytes.append(b)
+            i = j
+        }
+        return bytes
+    }
+
+    @Test("a refused uid gets EACCES (request id 0) right after connecting, is closed at once and holds no slot")
+    func refusedUserHoldsNoSlot() throws {
+        guard Self.isRoot(skipping: "refusedUserHoldsNoSlot", because: "it runs a client as uid 65534") else { return }
+        let server = try ServerProcess(["--max-clients", "1"])
+        defer { server.stop() }
+        // Let the kernel admit the other user, so that the refusal is the server's.
+        try #require(chmod(server.socketPath, 0o666) == 0)
+        let nobody = try Self.rawClient(as: 65534, path: server.socketPath, count: 3)
+        defer { nobody.terminate() }
+        var lines: [String] = []
+        #expect(nobody.waitForLine(timeout: 20, skipped: &lines) { $0 == "done" } != nil, "\(nobody.diagnostics)")
+        #expect(lines.count == 3, "\(lines)")
+        for line in lines {
+            let f = ChildProcess.fields(line)
+            let reply = try? ControlMessage.decode(Self.hexBytes(f["reply"] ?? ""))
+            #expect(reply == ControlMessage(requestID: 0, .error(EACCES)), "uid 65534 (it sent nothing): \(line)")
+            #expect(f["end"] == "eof", "the server did not close the refused connection: \(line)")
+        }
+        // Its connections are still open on its side; the one slot is free for a client of ours.
+        let ours = try Self.helloClient(server.socketPath)
+        try ours.send(Self.socketRequest(2))
+        let o = ours.next()
+        if case .reply(2, .socket) = o {} else { Issue.record("our client next to the refused ones: \(o)") }
+        #expect(server.log.contains("refused client of uid 65534"), "\(server.log)")
+        nobody.closeInput()
+    }
+
+    @Test("--allow-uid grants access with an ACL, not mode 0777; others cannot even connect")
+    func allowUIDUsesAnACL() throws {
+        guard Self.isRoot(skipping: "allowUIDUsesAnACL", because: "it runs a client as uid 65534") else { return }
+        do {
+            let server = try ServerProcess(["--allow-uid", "65534"])
+            defer { server.stop() }
+            var info = stat()
+            try #require(stat(server.socketPath, &info) == 0)
+            #expect(info.st_mode & 0o007 == 0, "others may use the socket: mode \(String(info.st_mode & 0o777, radix: 8))")
+            #expect(info.st_mode & 0o700 == 0o600, "mode \(String(info.st_mode & 0o777, radix: 8))")
+            // owner, uid 65534, group, mask, other: 4 + 5 x 8 bytes.
+            #expect(getxattr(server.socketPath, "system.posix_acl_access", nil, 0) == 44, "no ACL with one named user on \(server.socketPath)")
+            let r = try FailureTests.roundTrip(server.socketPath, port: 7471, extra: ["--uid", "65534"])
+            #expect(r.line == "round-trip=ok transport=shared-memory", "uid 65534 with --allow-uid 65534: \(r.diagnostics)\n\(server.log)")
+        }
+        do {
+            let server = try ServerProcess(["--allow-uid", "12345"])
+            defer { server.stop() }
+            let r = try FailureTests.roundTrip(server.socketPath, port: 7472, extra: ["--uid", "65534"])
+            // The kernel refuses the connect (no ACL entry): the server never hears of it.
+            #expect(r.line == "socket-errno=\(EACCES)", "uid 65534 with --allow-uid 12345: \(r.diagnostics)\n\(server.log)")
+            #expect(!server.log.contains("refused client of uid 65534"), "\(server.log)")
+        }
+        do {
+            let server = try ServerProcess(["--allow-uid", "any"])
+            defer { server.stop() }
+            var info = stat()
+            try #require(stat(server.socketPath, &info) == 0)
+            #expect(info.st_mode & 0o777 == 0o666, "--allow-uid any: mode \(String(info.st_mode & 0o777, radix: 8))")
+        }
+    }
+
+    @Test("the default directory: made 0700 by the server; another owner's, a link, or a writable one is refused")
+    func defaultDirectory() throws {
+        guard Self.isRoot(skipping: "defaultDirectory", because: "it runs the server as uid 65534") else { return }
+        // The server runs as uid 65534 so that its default directory is one no other test uses.
+        let directory = "/tmp/socket-server-65534"
+        let socketPath = directory + "/socket"
+        TestFiles.removeTree(directory)
+        defer { TestFiles.removeTree(directory) }
+        func start() throws -> ChildProcess {
+            try ChildProcess("setpriv", ["--reuid", "65534", "--regid", "65534", "--clear-groups", "env", "-u", "SOCKET_SERVER_PATH",
+                                         "-u", "XDG_RUNTIME_DIR", TestBinaries.path("socket-server"), "--log-level", "info"],
+                             name: "socket-server-nobody", orphanFiles: [socketPath])
+        }
+        func refusal(_ why: String) throws {
+            let server = try start()
+            defer { server.terminate() }
+            #expect(server.waitForExit(timeout: 10) == .exited(1), "\(why): \(server.diagnostics)")
+            #expect(server.logTail().contains(directory), "\(why): \(server.diagnostics)")
+        }
+        // Someone else's directory.
+        try #require(mkdir(directory, 0o700) == 0)
+        try refusal("a directory of root's")
+        // Ours, but writable by others.
+        try #require(chown(directory, 65534, 65534) == 0 && chmod(directory, 0o777) == 0)
+        try refusal("a directory of mode 0777")
+        // A link to a directory of ours.
+        let elsewhere = try TestDirectory("sko-elsewhere")
+        try #require(chown(elsewhere.path, 65534, 65534) == 0 && chmod(elsewhere.path, 0o700) == 0)
+        try #require(rmdir(directory) == 0 && symlink(elsewhere.path, directory) == 0)
+        try refusal("a symbolic link")
+        try #require(unlink(directory) == 0)
+
+        // None: the server makes it.
+        let server = try start()
+        defer { server.stop(SIGTERM, grace: 5); server.terminate() }
+        #expect(waitUntil(timeout: 10) { !server.isRunning || ServerProcess.accepts(socketPath) }, "\(server.diagnostics)")
+        var info = stat()
+        try #require(lstat(directory, &info) == 0, "\(server.diagnostics)")
+        #expect(info.st_mode & S_IFMT == S_IFDIR && info.st_uid == 65534 && info.st_mode & 0o777 == 0o700,
+                "uid \(info.st_uid), mode \(String(info.st_mode, radix: 8))")
+        // Only its user gets through: another user cannot even reach the socket in it.
+        let stranger = try Self.rawClient(as: 65533, path: socketPath, count: 1)
+        defer { stranger.terminate() }
+        let line = stranger.waitForLine(timeout: 10) { $0.hasPrefix("connect=") || $0.hasPrefix("reply=") }
+        #expect(line == "connect=\(EACCES)", "uid 65533 at \(socketPath): \(line ?? "nothing") \(stranger.diagnostics)")
+        let r = try FailureTests.roundTrip(socketPath, port: 7481, extra: ["--uid", "65534"])
+        #expect(r.line.hasPrefix("round-trip=ok"), "its own user: \(r.diagnostics)\n\(server.diagnostics)")
     }
 }

@@ -175,6 +175,7 @@ void cstack_timerfd_clear(int fd);
 /// Writes the POSIX access ACL of `path`: the owner gets `owner_perm`, each of `uids` gets
 /// `user_perm` (bits 4 read, 2 write, 1 search/execute), the owning group and others nothing.
 /// `uids` must be sorted and distinct. The kernel derives the mode bits from it (group bits = mask).
+/// With no `uids`, removes any access ACL (the mode alone decides).
 /// Returns 0 or -1 (errno set; EOPNOTSUPP where the filesystem has no ACLs).
 int cstack_set_user_acl(const char *path, unsigned owner_perm, const uint32_t *uids, int count, unsigned user_perm);
 
