@@ -6,7 +6,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -168,7 +167,6 @@ ssize_t cshims_process_vm_writev(pid_t pid, const struct iovec *local, unsigned 
     return process_vm_writev(pid, local, nlocal, remote, nremote, 0);
 }
 
-int cshims_set_ptracer(unsigned long pid) { return prctl(PR_SET_PTRACER, pid, 0, 0, 0); }
 
 int cshims_yama_ptrace_scope(void) {
     FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "re");

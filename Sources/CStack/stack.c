@@ -326,3 +326,104 @@ uint16_t cstack_tcp_raise_local_mss(struct tcp_pcb *pcb, uint16_t mss) {
     if (local && mss > pcb->mss) pcb->mss = mss;
     return pcb->mss;
 }
+
+// MARK: admission
+
+#include <dirent.h>
+#include <endian.h>
+#include <stdio.h>
+#include <sys/resource.h>
+#include <sys/timerfd.h>
+#include <sys/xattr.h>
+
+int cstack_raise_descriptor_limit(long *before, long *after) {
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return errno;
+    *before = *after = (long)limit.rlim_cur;
+    rlim_t target = limit.rlim_max;
+    if (target == RLIM_INFINITY) {
+        // The kernel refuses more than fs.nr_open descriptors whatever the limit says.
+        long nr_open = 1048576;
+        FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+        if (f) {
+            if (fscanf(f, "%ld", &nr_open) != 1) nr_open = 1048576;
+            fclose(f);
+        }
+        target = (rlim_t)nr_open;
+    }
+    if (target <= limit.rlim_cur) return 0;
+    limit.rlim_cur = target;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) return errno;
+    *after = (long)target;
+    return 0;
+}
+
+int cstack_count_open_descriptors(void) {
+    DIR *dir = opendir("/proc/self/fd");
+    if (!dir) return -1;
+    int count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        if (entry->d_name[0] != '.') count++;
+    }
+    closedir(dir);
+    return count - 1; // the directory's own descriptor
+}
+
+int cstack_timerfd(void) { return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC); }
+
+int cstack_timerfd_arm(int fd, uint64_t deadline) {
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.it_value.tv_sec = (time_t)(deadline / 1000000000u);
+    spec.it_value.tv_nsec = (long)(deadline % 1000000000u);
+    return timerfd_settime(fd, TFD_TIMER_ABSTIME, &spec, NULL);
+}
+
+void cstack_timerfd_clear(int fd) {
+    uint64_t expirations;
+    ssize_t n;
+    do { n = read(fd, &expirations, sizeof expirations); } while (n < 0 && errno == EINTR);
+}
+
+// The kernel's xattr format of a POSIX ACL (linux/posix_acl_xattr.h): a version, then entries sorted
+// by tag and id, all little-endian.
+struct cstack_acl_entry {
+    uint16_t tag;
+    uint16_t perm;
+    uint32_t id;
+};
+
+int cstack_set_user_acl(const char *path, unsigned owner_perm, const uint32_t *uids, int count, unsigned user_perm) {
+    enum { USER_OBJ = 0x01, USER = 0x02, GROUP_OBJ = 0x04, MASK = 0x10, OTHER = 0x20 };
+    const uint32_t undefined = 0xFFFFFFFFu;
+    if (count == 0) {
+        // No named users: no ACL (the mode alone decides); none to remove is fine.
+        int rc = removexattr(path, "system.posix_acl_access");
+        return (rc == 0 || errno == ENODATA || errno == EOPNOTSUPP) ? 0 : -1;
+    }
+    if (count < 0 || count > 1024) {
+        errno = EINVAL;
+        return -1;
+    }
+    size_t entries = (size_t)count + 4;
+    size_t size = 4 + entries * sizeof(struct cstack_acl_entry);
+    uint8_t *buffer = calloc(1, size);
+    if (!buffer) return -1;
+    uint32_t version = htole32(2);
+    memcpy(buffer, &version, 4);
+    struct cstack_acl_entry *e = (struct cstack_acl_entry *)(buffer + 4);
+    size_t i = 0;
+    e[i++] = (struct cstack_acl_entry){htole16(USER_OBJ), htole16((uint16_t)owner_perm), htole32(undefined)};
+    for (int u = 0; u < count; u++) {
+        e[i++] = (struct cstack_acl_entry){htole16(USER), htole16((uint16_t)user_perm), htole32(uids[u])};
+    }
+    e[i++] = (struct cstack_acl_entry){htole16(GROUP_OBJ), 0, htole32(undefined)};
+    e[i++] = (struct cstack_acl_entry){htole16(MASK), htole16((uint16_t)user_perm), htole32(undefined)};
+    e[i++] = (struct cstack_acl_entry){htole16(OTHER), 0, htole32(undefined)};
+    int rc = setxattr(path, "system.posix_acl_access", buffer, size, 0);
+    int saved = errno;
+    free(buffer);
+    errno = saved;
+    return rc;
+}

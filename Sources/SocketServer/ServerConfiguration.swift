@@ -16,8 +16,14 @@ public struct ServerConfiguration: Sendable {
     public var datagramTransport: DatagramTransport = .auto
     /// Bytes in each client's shared segment (channels are carved out of it).
     public var segmentSize: Int = 256 << 20
+    /// Clients served at once (sessions that completed HELLO).
     public var maxClients: Int = 256
+    /// Connections accepted that have not completed HELLO yet (each has 2 s to do so).
+    public var maxPendingClients: Int = 32
     public var maxSocketsPerClient: Int = 4096
+    /// Sockets across all clients (each costs the server two descriptors); nil: derived from the
+    /// descriptor limit at start.
+    public var maxTotalSockets: Int?
     /// Datagram channels: items per ring (each direction) and bytes per payload buffer.
     public var datagramRingItems: Int = 128
     public var datagramSlotSize: Int = 2048
@@ -43,12 +49,18 @@ public struct ServerConfiguration: Sendable {
 
     public init() {}
 
-    /// `$SOCKET_SERVER_PATH`, else `$XDG_RUNTIME_DIR/socket-server.sock`, else `/tmp/socket-server-UID.sock`.
+    /// `$SOCKET_SERVER_PATH`, else `$XDG_RUNTIME_DIR/socket-server.sock`, else `socket` in
+    /// `defaultDirectory`.
     public static var defaultSocketPath: String {
         if let p = getenv("SOCKET_SERVER_PATH"), p.pointee != 0 { return String(cString: p) }
         if let d = getenv("XDG_RUNTIME_DIR"), d.pointee != 0 { return String(cString: d) + "/socket-server.sock" }
-        return "/tmp/socket-server-\(getuid()).sock"
+        return defaultDirectory + "/socket"
     }
+
+    /// `/tmp/socket-server-UID`: the directory of the last-resort default path. The server creates it
+    /// (mode 0700) and refuses to start when it exists but is not a directory it owns that only it can
+    /// write; so no other user can put a socket where this user's clients look.
+    public static var defaultDirectory: String { "/tmp/socket-server-\(getuid())" }
 
     /// Checks limits that would otherwise fail later.
     public func validate() throws(ServerError) {
@@ -68,7 +80,9 @@ public struct ServerConfiguration: Sendable {
             throw ServerError("--client-buffer-memory must be between 1 MiB and 16 GiB")
         }
         guard (0...1_000_000).contains(busyPollMicroseconds) else { throw ServerError("--busy-poll must be between 0 and 1000000 microseconds") }
-        guard maxClients >= 1, maxSocketsPerClient >= 1 else { throw ServerError("limits must be at least 1") }
+        guard maxClients >= 1, maxSocketsPerClient >= 1, maxPendingClients >= 1, (maxTotalSockets ?? 1) >= 1 else {
+            throw ServerError("limits must be at least 1")
+        }
         guard Array(socketPath.utf8).count < 108 else { throw ServerError("--socket-path is longer than 107 bytes") }
         for tap in taps { try tap.validate() }
         guard Set(taps.map(\.name)).count == taps.count else { throw ServerError("each --tap device may be named once") }

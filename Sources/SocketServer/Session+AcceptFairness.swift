@@ -55,11 +55,7 @@ extension Session {
     }
 
     private func refused(port: UInt16, _ reason: String) {
-        acceptRefusals += 1
-        let now = monotonicNanoseconds()
-        guard now &- lastAcceptRefusalLog >= 1_000_000_000 else { return }
-        logger.warning("listener port \(port): refused \(acceptRefusals) connection(s) (reset): \(reason)")
-        lastAcceptRefusalLog = now
-        acceptRefusals = 0
+        guard let held = acceptRefusalLog.admit() else { return }
+        logger.warning("listener port \(port): refused a connection (reset): \(reason)\(SocketServer.more(held))")
     }
 }

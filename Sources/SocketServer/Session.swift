@@ -32,9 +32,9 @@ final class Session {
     /// Connections living in this client's segment that its listeners accepted from other local
     /// clients, by connecting session (see `Session+AcceptFairness.swift`).
     var acceptedFrom: [UInt64: Int] = [:]
-    /// Connections refused since the last log line about it, and when that line was written.
-    var acceptRefusals = 0
-    var lastAcceptRefusalLog: UInt64 = 0
+    /// Log lines about refused connections: at most one a second.
+    var acceptRefusalLog = LogThrottle()
+    private var malformedLog = LogThrottle()
     private(set) var isClosed = false
     var logger: Logger
 
@@ -71,19 +71,26 @@ final class Session {
             }
             // Clients never send descriptors: close any so they cannot pile up here.
             packet.closeDescriptors()
+            // Answered with EBADMSG; logged once, then at most once a second; the 16th ends the session.
+            func rejectMalformed(_ requestID: UInt32, _ what: String) -> Bool {
+                malformed += 1
+                if let held = malformedLog.admit() {
+                    logger.warning("malformed control message: \(what)\(SocketServer.more(held))")
+                }
+                let sent = send(ControlMessage(requestID: requestID, .error(EBADMSG)))
+                if malformed >= 16 { logger.warning("ending the session after \(malformed) malformed control messages") }
+                return sent && malformed < 16
+            }
             let message: ControlMessage
             do {
                 guard !packet.truncated else { throw ProtocolError.tooLarge(packet.bytes.count) }
                 message = try ControlMessage.decode(packet.bytes)
             } catch {
-                malformed += 1
-                logger.warning("malformed control message (\(malformed)): \(error)")
-                guard send(ControlMessage(requestID: 0, .error(EBADMSG))), malformed < 16 else { return false }
+                guard rejectMalformed(0, "\(error)") else { return false }
                 continue
             }
             guard case .request(let request) = message.payload else {
-                malformed += 1
-                guard send(ControlMessage(requestID: message.requestID, .error(EBADMSG))), malformed < 16 else { return false }
+                guard rejectMalformed(message.requestID, "a reply sent as a request") else { return false }
                 continue
             }
             let (reply, descriptors, keepOpen) = serve(request)
@@ -132,6 +139,7 @@ final class Session {
             logger.warning("refused client of uid \(credentials.uid) (see --allow-uid)")
             return (.error(EACCES), [], false)
         }
+        if let refusal = server.admitHello(self) { return (.error(refusal), [], false) }
         transport = server.transport(for: credentials, preference: preference)
         let seg: SharedSegment
         do {
@@ -203,12 +211,16 @@ final class Session {
     /// Bytes of this client's segment not yet given to a channel.
     var segmentFree: Int { allocator.capacity - allocator.allocated }
 
+    /// Sockets holding descriptors (the server's global budget counts them).
+    var socketCount: Int { sockets.count + closing.count }
+
     /// Allocates a channel (shaped by `template`) and two eventfds, builds the socket with `build`,
     /// and registers it under a new handle.
     private func createSocket(_ template: ChannelInfo,
                               build: (ChannelInfo, ChannelView, EventFD, EventFD) throws(ServerError) -> ServerSocket) -> Result<ServerSocket, Errno> {
         guard let segment else { return .failure(Errno(ENOTCONN)) }
         guard sockets.count + closing.count < server.configuration.maxSocketsPerClient else { return .failure(Errno(EMFILE)) }
+        if let refusal = server.socketBudgetError() { return .failure(Errno(refusal)) }
         var info = template
         info.handle = nextHandle
         let layout = ChannelLayout(info)

@@ -25,6 +25,15 @@ struct SocketServerCommand: ParsableCommand {
         or attached to if it exists (e.g. made for your user with `ip tuntap add dev tap0 mode tap user $USER`). \
         The last TAP given becomes the default route.
 
+        Admission and limits: a client's uid is checked when it connects (SO_PEERCRED); a refused \
+        user gets EACCES and is disconnected at once. A connection that has not completed HELLO within \
+        2 s is closed; such connections hold no --max-clients slot and have their own cap \
+        (--max-pending-clients). A client beyond --max-clients, or arriving when descriptors run short, \
+        gets EUSERS. At start the descriptor limit (RLIMIT_NOFILE) is raised to its hard limit; each \
+        socket costs the server two descriptors, and sockets beyond --max-total-sockets (all clients \
+        together) get ENFILE, beyond --max-sockets (one client) EMFILE, beyond the segment ENOBUFS. \
+        The log's first lines give the limits in force.
+
         Exit status: 0 after a clean stop, 1 when the server cannot start (the reason is printed).
         """
     )
@@ -90,7 +99,7 @@ struct SocketServerCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Write every packet the stack sends and receives, on every interface, to this pcapng file (tcpdump -r / tshark -r read it).", valueName: "file"))
     var capture: String?
 
-    @Option(name: .long, help: ArgumentHelp("Path of the server's socket.", discussion: "Default: $SOCKET_SERVER_PATH, else $XDG_RUNTIME_DIR/socket-server.sock, else /tmp/socket-server-UID.sock. A stale file left by a crashed server is replaced; a live server is never taken over.", valueName: "path"))
+    @Option(name: .long, help: ArgumentHelp("Path of the server's socket.", discussion: "Default: $SOCKET_SERVER_PATH, else $XDG_RUNTIME_DIR/socket-server.sock, else /tmp/socket-server-UID/socket in a directory the server creates with mode 0700 (it refuses to start if that directory exists but is not its own or is writable by others). A stale file left by a crashed server is replaced; a live server is never taken over.", valueName: "path"))
     var socketPath: String?
 
     @Option(name: .long, help: ArgumentHelp("An address of the stack's loopback network, IPv4 or IPv6 (repeatable).", discussion: "Default: 127.0.0.1/8 and ::1/128. The first option replaces the defaults.", valueName: "cidr"))
@@ -102,10 +111,16 @@ struct SocketServerCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Bytes in each client's shared segment (suffixes K, M, G).", valueName: "size"))
     var segmentSize: String = "256M"
 
-    @Option(name: .long, help: "Most clients served at once.")
+    @Option(name: .long, help: ArgumentHelp("Most clients served at once (those that completed HELLO); more get EUSERS.", valueName: "n"))
     var maxClients: Int = 256
 
-    @Option(name: .long, help: "Most sockets per client.")
+    @Option(name: .long, help: ArgumentHelp("Most connections waiting for their HELLO (2 s each).", discussion: "They hold no --max-clients slot. When all are taken, the oldest is dropped once it has waited 250 ms; until then new connections wait in the listen backlog.", valueName: "n"))
+    var maxPendingClients: Int = 32
+
+    @Option(name: .long, help: ArgumentHelp("Most sockets across all clients; more get ENFILE.", discussion: "Default: what the descriptor limit allows after room for every client (2 descriptors per socket), logged at start.", valueName: "n"))
+    var maxTotalSockets: Int?
+
+    @Option(name: .long, help: ArgumentHelp("Most sockets per client; more get EMFILE.", valueName: "n"))
     var maxSockets: Int = 4096
 
     @Option(name: .long, help: ArgumentHelp("Payload buffers per UDP ring, each direction (33 or more).", valueName: "n"))
@@ -132,7 +147,7 @@ struct SocketServerCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Place client segments on this NUMA node.", discussion: "Default: the node of the stack thread's CPU (libnuma); ignored where NUMA is not available.", valueName: "n"))
     var numaNode: Int?
 
-    @Option(name: .long, help: ArgumentHelp("Also serve clients of this user id (repeatable); \"any\" serves every user.", discussion: "By default only clients of the server's own user are served; others are refused with EACCES.", valueName: "uid"))
+    @Option(name: .long, help: ArgumentHelp("Also serve clients of this user id (repeatable); \"any\" serves every user.", discussion: "By default only clients of the server's own user are served (the socket file is mode 0600); others are refused with EACCES. Each listed user gets a POSIX ACL entry on the socket file (and search permission on the default directory): the filesystem must support ACLs. \"any\" makes the socket file 0666 instead. A client's datagram transport is shared memory unless it may ptrace the server (same user or root).", valueName: "uid"))
     var allowUID: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error, critical.", valueName: "level"))
@@ -203,6 +218,8 @@ struct SocketServerCommand: ParsableCommand {
         config.segmentSize = parseSize(segmentSize)!
         config.maxClients = maxClients
         config.maxSocketsPerClient = maxSockets
+        config.maxPendingClients = maxPendingClients
+        config.maxTotalSockets = maxTotalSockets
         config.datagramRingItems = datagramRingItems
         config.datagramSlotSize = datagramSlotSize
         config.streamRingSize = parseSize(streamRingSize)!

@@ -227,9 +227,6 @@ ssize_t cshims_process_vm_readv(pid_t pid, const struct iovec *local, unsigned l
                                 const struct iovec *remote, unsigned long nremote);
 ssize_t cshims_process_vm_writev(pid_t pid, const struct iovec *local, unsigned long nlocal,
                                  const struct iovec *remote, unsigned long nremote);
-/// prctl(PR_SET_PTRACER, pid): lets `pid` (or any process with PR_SET_PTRACER_ANY) use
-/// process_vm_readv/writev on us under Yama ptrace_scope 1.
-int cshims_set_ptracer(unsigned long pid);
 /// Value of /proc/sys/kernel/yama/ptrace_scope, or -1 when Yama is absent.
 int cshims_yama_ptrace_scope(void);
 

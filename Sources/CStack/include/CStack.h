@@ -162,4 +162,24 @@ int cstack_numa_bind(void *addr, size_t len, int node);
 /// Pins the calling thread to `cpu`; 0 on success, an errno value otherwise.
 int cstack_pin_to_cpu(int cpu);
 
+// MARK: admission (descriptor budget, timers, socket file access)
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (capped by /proc/sys/fs/nr_open when the hard
+/// limit is unlimited). Stores the soft limits before and after; returns 0 or an errno value.
+int cstack_raise_descriptor_limit(long *before, long *after);
+/// Descriptors this process has open (counted in /proc/self/fd), or -1.
+int cstack_count_open_descriptors(void);
+/// A non-blocking CLOCK_MONOTONIC timerfd, or -1 (errno set).
+int cstack_timerfd(void);
+/// Arms `fd` to fire once at `deadline` (CLOCK_MONOTONIC nanoseconds); 0 disarms. 0 or -1 (errno set).
+int cstack_timerfd_arm(int fd, uint64_t deadline);
+/// Consumes a timerfd's expirations (non-blocking).
+void cstack_timerfd_clear(int fd);
+/// Writes the POSIX access ACL of `path`: the owner gets `owner_perm`, each of `uids` gets
+/// `user_perm` (bits 4 read, 2 write, 1 search/execute), the owning group and others nothing.
+/// `uids` must be sorted and distinct. The kernel derives the mode bits from it (group bits = mask).
+/// With no `uids`, removes any access ACL (the mode alone decides).
+/// Returns 0 or -1 (errno set; EOPNOTSUPP where the filesystem has no ACLs).
+int cstack_set_user_acl(const char *path, unsigned owner_perm, const uint32_t *uids, int count, unsigned user_perm);
+
 #endif

@@ -5,8 +5,9 @@ import Glibc
 
 /// Direct copies between this process and another one's memory with `process_vm_readv` /
 /// `process_vm_writev`: one copy, no staging buffer. The kernel allows it when this process may
-/// ptrace the other (same user and, under Yama `ptrace_scope` 1, the other called
-/// `prctl(PR_SET_PTRACER)`).
+/// ptrace the other: same user (or CAP_SYS_PTRACE) and, under Yama `ptrace_scope` 1, only a
+/// descendant or the one process the other named with `prctl(PR_SET_PTRACER)`; `ptrace_scope` 2
+/// needs CAP_SYS_PTRACE, 3 allows nobody.
 public struct ProcessMemory: Sendable {
     public let pid: Int32
 
@@ -63,13 +64,6 @@ public struct ProcessMemory: Sendable {
             default: throw SharedError.system(name, Errno(err))
             }
         }
-    }
-
-    /// Allows any process of ours to use process_vm_* on this process under Yama ptrace_scope 1.
-    /// A no-op where Yama is absent (same-user access is then allowed by default).
-    public static func allowAllPtracers() throws(SharedError) {
-        guard cshims_yama_ptrace_scope() >= 1 else { return }
-        try syscall("prctl(PR_SET_PTRACER)") { cshims_set_ptracer(UInt(bitPattern: -1)) }
     }
 
     /// Yama's ptrace_scope, or nil where Yama is absent.
