@@ -1,0 +1,250 @@
+import Foundation
+@testable import SocketClient
+import SocketShared
+import TestSupport
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The client's side of the control plane's trust: it authenticates the server before it sends
+/// anything (SO_PEERCRED; the default directory's owner and mode), bounds connect + HELLO, and
+/// reports a refusing server's errno. The "servers" here are mostly `fake-server` (silent,
+/// recording, refusing, or run as another user); clients are `client-peer` processes, this process
+/// (`ServerConnection` only: no process-wide state), or exit-test children.
+@Suite("Server authentication")
+struct ServerAuthenticationTests {
+    /// `fake-server PATH ARGUMENTS...`, once it listens.
+    static func fakeServer(_ path: String, _ arguments: [String]) throws -> ChildProcess {
+        let fake = try ChildProcess(TestBinaries.path("fake-server"), [path] + arguments + ["--lifetime", "60"])
+        let line = fake.waitForLine(timeout: 10) { $0 == "listening" || $0.hasPrefix("error") }
+        guard line == "listening" else { throw TestSupportError("fake-server did not start: \(fake.diagnostics)") }
+        return fake
+    }
+
+    /// `client-peer round-trip PORT --socket-path PATH` with `environment` (VAR=VALUE, or -u VAR) set
+    /// through env(1). Returns its last line ("socket-errno=N" when it could not get a socket).
+    static func roundTrip(_ path: String, port: UInt16, environment: [String] = []) throws -> (status: ChildProcess.ExitStatus?, line: String, diagnostics: String) {
+        let peer = try ChildProcess("/usr/bin/env", environment + [TestBinaries.path("client-peer"), "round-trip", String(port), "--socket-path", path],
+                                    name: "client-peer")
+        let (status, output) = peer.finish(timeout: 30)
+        return (status, output.last ?? "", peer.diagnostics)
+    }
+
+    /// The bytes a recording fake server wrote (nil: no file).
+    static func recorded(_ file: String) -> [UInt8]? {
+        FileManager.default.contents(atPath: file).map { [UInt8]($0) }
+    }
+
+    /// Whether `bytes` (packets back to back) start with a HELLO request, what a client sends first.
+    static func startsWithHello(_ bytes: [UInt8]) -> Bool {
+        // The body length is the little-endian UInt32 at offset 8 of the 16-byte header.
+        guard bytes.count >= ControlMessage.headerSize else { return false }
+        let length = bytes[8..<12].reversed().reduce(0) { $0 << 8 | Int($1) }
+        guard length <= bytes.count - ControlMessage.headerSize,
+              let m = try? ControlMessage.decode(Array(bytes.prefix(ControlMessage.headerSize + length))) else { return false }
+        if case .request(.hello) = m.payload { return true }
+        return false
+    }
+
+    // MARK: a server of another uid
+
+    @Test("a server run by another uid is refused with EPERM before anything is sent; one run by root is trusted")
+    func serverOfAnotherUser() throws {
+        guard getuid() == 0 else {
+            print("SKIPPED: needs root (ServerAuthenticationTests.serverOfAnotherUser runs a fake server as uid 65534)")
+            return
+        }
+        let dir = try TestDirectory("sko-fake")
+        // The fake server binds as uid 65534: let it create its socket file here.
+        try #require(chown(dir.path, 65534, 65534) == 0)
+        let record = dir.file("received")
+        let fake = try Self.fakeServer(dir.file("other.sock"), ["--record", record, "--uid", "65534"])
+        defer { fake.stop() }
+        let r = try Self.roundTrip(dir.file("other.sock"), port: 7501)
+        #expect(r.status == .exited(0), "\(r.diagnostics)")
+        #expect(r.line == "socket-errno=\(EPERM)", "client of uid 0 at a server of uid 65534: \(r.diagnostics)")
+        // It did connect (so the refusal is the client's), and hung up without sending a byte.
+        #expect(fake.waitForLine(timeout: 10) { $0.hasPrefix("closed") } == "closed bytes=0", "\(fake.diagnostics)")
+        #expect(fake.transcript.contains("accepted"), "\(fake.diagnostics)")
+        #expect(Self.recorded(record) == [], "bytes the fake server of another uid received: \(Self.recorded(record).map { "\($0.count)" } ?? "no file")")
+
+        // The control: the same recording server run by root is trusted, so the client says HELLO
+        // to it (the recording works) and, with no answer, gives up after its timeout.
+        let trustedRecord = dir.file("received-by-root")
+        let trusted = try Self.fakeServer(dir.file("root.sock"), ["--record", trustedRecord])
+        defer { trusted.stop() }
+        let t = try Self.roundTrip(dir.file("root.sock"), port: 7502, environment: ["SOCKET_SERVER_TIMEOUT_MS=500"])
+        #expect(t.line == "socket-errno=\(ETIMEDOUT)", "client at a silent server of root: \(t.diagnostics)")
+        let closed = trusted.waitForLine(timeout: 10) { $0.hasPrefix("closed") }
+        #expect(closed != nil && closed != "closed bytes=0", "\(trusted.diagnostics)")
+        let hello = Self.recorded(trustedRecord) ?? []
+        #expect(Self.startsWithHello(hello), "what the client sent to a server of root: \(hello.prefix(32))")
+    }
+
+    // MARK: a server that never answers
+
+    @Test("a server that accepts and never answers: ETIMEDOUT (SOCKET_SERVER_TIMEOUT_MS, then the 5 s default), descriptor closed")
+    func silentServer() throws {
+        let dir = try TestDirectory("sko-silent")
+        let path = dir.file("silent.sock")
+        let fake = try Self.fakeServer(path, ["--silent"])
+        defer { fake.stop() }
+
+        let short = try Self.roundTrip(path, port: 7511, environment: ["SOCKET_SERVER_TIMEOUT_MS=500"])
+        #expect(short.status == .exited(0), "\(short.diagnostics)")
+        #expect(short.line == "socket-errno=\(ETIMEDOUT)", "SOCKET_SERVER_TIMEOUT_MS=500: \(short.diagnostics)")
+        // Without the variable: the 5 s default (the bound here is finish's 30 s).
+        let long = try Self.roundTrip(path, port: 7512, environment: ["-u", "SOCKET_SERVER_TIMEOUT_MS"])
+        #expect(long.line == "socket-errno=\(ETIMEDOUT)", "default timeout: \(long.diagnostics)")
+
+        // In this process: the library closes the control socket when it gives up (the fake server
+        // sees the hang-up while we are still running).
+        var skipped: [String] = []
+        _ = fake.waitForLine(timeout: 10, skipped: &skipped) { $0.hasPrefix("closed") }
+        _ = fake.waitForLine(timeout: 10, skipped: &skipped) { $0.hasPrefix("closed") }
+        #expect(throws: Errno(ETIMEDOUT)) { try ServerConnection.connect(path: path, timeoutMilliseconds: 300) }
+        #expect(fake.waitForLine(timeout: 10) { $0.hasPrefix("closed") } != nil, "the control socket was not closed: \(fake.diagnostics)")
+    }
+
+    // MARK: a server that refuses
+
+    @Test("a server that refuses and hangs up: the client reports its errno, not EPIPE or ECONNRESET")
+    func refusalIsReported() throws {
+        let dir = try TestDirectory("sko-refuse")
+        let path = dir.file("refuse.sock")
+        let fake = try Self.fakeServer(path, ["--refuse", String(EUSERS)])
+        defer { fake.stop() }
+        // The refusal races with our HELLO (sent before, or after the server has closed): both ways.
+        for _ in 0..<20 {
+            #expect(throws: Errno(EUSERS)) { try ServerConnection.connect(path: path, timeoutMilliseconds: 5000) }
+        }
+        let r = try Self.roundTrip(path, port: 7521)
+        #expect(r.line == "socket-errno=\(EUSERS)", "\(r.diagnostics)")
+    }
+
+    /// A control socket whose server queued `errno` as an error reply and closed; with `unreadHello`
+    /// the server closed with a message of ours unread (the kernel then gives us ECONNRESET first).
+    static func refusedSocket(_ errno: Int32, unreadHello: Bool) throws -> Int32 {
+        var fds: [Int32] = [-1, -1]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+        if unreadHello { try DescriptorPassing.send(fds[0], ControlMessage(requestID: 0, .hello(version: ControlMessage.version, transport: .auto)).encoded()) }
+        try DescriptorPassing.send(fds[1], ControlMessage(requestID: 0, .error(errno)).encoded())
+        close(fds[1])
+        return fds[0]
+    }
+
+    @Test("HELLO's send fails (EPIPE) or the first read says ECONNRESET: the queued refusal is read and reported")
+    func refusalQueuedBeforeHello() throws {
+        for (err, unread) in [(EUSERS, false), (EACCES, false), (EUSERS, true), (EACCES, true)] {
+            let fd = try Self.refusedSocket(err, unreadHello: unread)
+            defer { close(fd) }
+            let deadline = monotonicNanoseconds() + 5_000_000_000
+            #expect(throws: Errno(err), "refusal \(err), our message unread: \(unread)") {
+                _ = try ServerConnection.hello(over: fd, transport: .auto, deadline: deadline)
+            }
+        }
+        // A server that hangs up without a word: ECONNREFUSED (no server took us), never EPIPE.
+        var fds: [Int32] = [-1, -1]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
+        close(fds[1])
+        defer { close(fds[0]) }
+        #expect(throws: Errno(ECONNREFUSED)) {
+            _ = try ServerConnection.hello(over: fds[0], transport: .auto, deadline: monotonicNanoseconds() + 5_000_000_000)
+        }
+    }
+
+    @Test("the real server at --max-clients: the next client gets EUSERS")
+    func maxClients() throws {
+        let server = try ServerProcess(["--max-clients", "1"])
+        defer { server.stop() }
+        // Holds the one slot. (The readiness probe's session may not be gone yet: retry briefly.)
+        var holder: ChildProcess? = nil
+        for _ in 0..<20 {
+            let peer = try ChildProcess(TestBinaries.path("client-peer"), ["hold-sockets", "1", "--socket-path", server.socketPath])
+            if peer.waitForLine(timeout: 20, { $0.hasPrefix("ready") || $0.hasPrefix("error") }) == "ready sockets=1" {
+                holder = peer
+                break
+            }
+            peer.stop()
+            usleep(100_000)
+        }
+        try #require(holder != nil, "no client could take the one slot: \(server.log)")
+        defer { holder?.stop() }
+        let r = try Self.roundTrip(server.socketPath, port: 7531)
+        #expect(r.line == "socket-errno=\(EUSERS)", "second client at --max-clients 1: \(r.diagnostics)\n\(server.log)")
+    }
+
+    // MARK: the default directory
+
+    /// A uid no other test uses, so that its /tmp/socket-server-UID is this test's alone.
+    static let defaultPathUID: UInt32 = 61_917
+
+    /// In an exit-test child as `uid`, with neither SOCKET_SERVER_PATH nor XDG_RUNTIME_DIR set:
+    /// `sko_socket`. The child exits with the errno it got (0 when it got a socket).
+    static func socketErrnoAtDefaultPath(uid: UInt32, expected: Int32, _ comment: Comment,
+                                         sourceLocation: SourceLocation = #_sourceLocation) async {
+        await #expect(processExitsWith: .exitCode(expected), comment, sourceLocation: sourceLocation) { [uid = uid as UInt32] in
+            alarm(30)
+            unsetenv("SOCKET_SERVER_PATH")
+            unsetenv("XDG_RUNTIME_DIR")
+            setenv("SOCKET_SERVER_TIMEOUT_MS", "500", 1)
+            guard setgroups(0, nil) == 0, setgid(uid) == 0, setuid(uid) == 0 else { exit(200) }
+            let fd = sko_socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            exit(fd >= 0 ? 0 : errno)
+        }
+    }
+
+    @Test("/tmp/socket-server-UID: refused (EPERM) unless a real directory of ours or root's, writable by no one else")
+    func defaultDirectory() async throws {
+        guard getuid() == 0 else {
+            print("SKIPPED: needs root (ServerAuthenticationTests.defaultDirectory runs clients as uid \(Self.defaultPathUID))")
+            return
+        }
+        let uid = Self.defaultPathUID
+        let directory = "/tmp/socket-server-\(uid)"
+        let elsewhere = directory + "-real"
+        func reset() {
+            TestFiles.removeTree(directory)
+            TestFiles.removeTree(elsewhere)
+        }
+        func makeDirectory(_ path: String, owner: UInt32, mode: mode_t) throws {
+            try #require(mkdir(path, 0o700) == 0 && chown(path, owner, owner) == 0 && chmod(path, mode) == 0, "\(path): errno \(errno)")
+        }
+        reset()
+        defer { reset() }
+
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: ENOENT, "no directory: no server")
+        try makeDirectory(directory, owner: uid, mode: 0o700)
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: ENOENT, "our directory, 0700, empty")
+        try #require(chown(directory, 0, 0) == 0 && chmod(directory, 0o755) == 0)
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: ENOENT, "root's directory, 0755, empty")
+        try #require(chown(directory, 65534, 65534) == 0 && chmod(directory, 0o700) == 0)
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: EPERM, "another user's directory")
+        try #require(chown(directory, uid, uid) == 0 && chmod(directory, 0o777) == 0)
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: EPERM, "our directory, mode 0777")
+        try #require(chmod(directory, 0o1777) == 0)
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: EPERM, "our directory, mode 1777")
+        try #require(chmod(directory, 0o720) == 0)
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: EPERM, "our directory, group-writable")
+        reset()
+        try makeDirectory(elsewhere, owner: uid, mode: 0o700)
+        try #require(symlink(elsewhere, directory) == 0)
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: EPERM, "a symlink to our directory")
+        reset()
+        try TestFiles.write(directory, "")
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: EPERM, "a file")
+        reset()
+
+        // The control: our directory with a (silent, recording) server of ours at
+        // /tmp/socket-server-UID/socket: the client says HELLO there and times out.
+        try makeDirectory(directory, owner: uid, mode: 0o700)
+        let recordDirectory = try TestDirectory("sko-default")
+        let record = recordDirectory.file("received")
+        let fake = try Self.fakeServer(directory + "/socket", ["--record", record, "--uid", String(uid)])
+        defer { fake.stop() }
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: ETIMEDOUT, "our directory with a server of ours that does not answer")
+        let hello = Self.recorded(record) ?? []
+        #expect(Self.startsWithHello(hello), "what the client sent at \(directory)/socket: \(hello.prefix(32))\n\(fake.diagnostics)")
+    }
+}
