@@ -248,3 +248,137 @@ struct ServerAuthenticationTests {
         #expect(Self.startsWithHello(hello), "what the client sent at \(directory)/socket: \(hello.prefix(32))\n\(fake.diagnostics)")
     }
 }
+
+/// What every call on an old socket returns once its server is gone (ENETDOWN, whatever the socket's
+/// own state would have said), and what a new `socket()` returns: a connection to a new server if
+/// one is running, else the connect's errno (ECONNREFUSED for a stale socket file, ENOENT for none).
+/// Runs in an exit-test child: the library's connection is process-wide.
+@Suite("Calls after the server's death")
+struct ServerDeathTests {
+    @Test("old sockets of every kind: ENETDOWN from every call but close and poll; new sockets: ECONNREFUSED, a new server, ENOENT")
+    func errnosAfterDeath() async throws {
+        let dir = try TestDirectory("sko-death")
+        await #expect(processExitsWith: .success) { [path = dir.file("server.sock") as String] in
+            alarm(60)
+            try ServerDeathChecks.run(path)
+            exit(0)
+        }
+    }
+}
+
+enum ServerDeathChecks {
+    static func v4(_ port: UInt16) -> SocketAddress { SocketAddress(host: "127.0.0.1", port: port)! }
+
+    static func call(_ address: SocketAddress, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int {
+        Int(address.withSockAddr { body($0.assumingMemoryBound(to: sockaddr.self), socklen_t($1)) })
+    }
+
+    /// Makes every call that takes a socket on `fd`.
+    /// - Returns: each call's name, result and errno.
+    static func callEverything(_ fd: Int32) -> [(call: String, result: Int, errno: Int32)] {
+        var results: [(String, Int, Int32)] = []
+        func record(_ name: String, _ result: some BinaryInteger) { results.append((name, Int(result), errno)) }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        var value: Int32 = 1
+        var length = socklen_t(4)
+        var storage = sockaddr_storage()
+        var storageLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        var tv = timeval(tv_sec: 1, tv_usec: 0)
+        record("bind", call(v4(7549)) { sko_bind(fd, $0, $1) })
+        record("connect", call(v4(7541)) { sko_connect(fd, $0, $1) })
+        record("sendto", call(v4(7541)) { Int32(sko_sendto(fd, &buffer, 4, 0, $0, $1)) })
+        record("send", sko_send(fd, &buffer, 4, 0))
+        record("write", sko_write(fd, &buffer, 4))
+        record("recv", sko_recv(fd, &buffer, buffer.count, 0))
+        record("recv MSG_DONTWAIT", sko_recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT)))
+        record("read", sko_read(fd, &buffer, buffer.count))
+        buffer.withUnsafeMutableBytes { bytes in
+            var iov = iovec(iov_base: bytes.baseAddress, iov_len: 4)
+            withUnsafeMutablePointer(to: &iov) { iovPointer in
+                var msg = msghdr()
+                msg.msg_iov = iovPointer
+                msg.msg_iovlen = 1
+                record("sendmsg", sko_sendmsg(fd, &msg, 0))
+                record("recvmsg", sko_recvmsg(fd, &msg, 0))
+            }
+        }
+        withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                record("recvfrom", sko_recvfrom(fd, &buffer, buffer.count, 0, address, &storageLength))
+                record("getsockname", sko_getsockname(fd, address, &storageLength))
+                record("getpeername", sko_getpeername(fd, address, &storageLength))
+            }
+        }
+        record("setsockopt SO_REUSEADDR", sko_setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &value, 4))
+        record("setsockopt SO_RCVTIMEO", sko_setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)))
+        record("getsockopt SO_ERROR", sko_getsockopt(fd, SOL_SOCKET, SO_ERROR, &value, &length))
+        record("ioctl FIONREAD", sko_ioctl(fd, UInt(FIONREAD), &value))
+        record("ioctl FIONBIO", sko_ioctl(fd, UInt(FIONBIO), &value))
+        record("fcntl F_GETFL", sko_fcntl(fd, F_GETFL, 0))
+        record("fcntl F_SETFL", sko_fcntl(fd, F_SETFL, O_NONBLOCK))
+        record("shutdown", sko_shutdown(fd, Int32(SHUT_RDWR)))
+        record("listen", sko_listen(fd, 8))
+        record("accept", sko_accept(fd, nil, nil))
+        record("accept4", sko_accept4(fd, nil, nil, Int32(SOCK_NONBLOCK.rawValue)))
+        return results
+    }
+
+    /// Waits (5 s at most) until the library's watchdog has made `fd` readable: the death is known.
+    static func waitForWatchdog(_ fd: Int32) throws {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        try #require(poll(&pfd, 1, 5000) == 1, "the descriptor did not turn readable within 5 s of the server's death")
+    }
+
+    static func expectNetworkDown(_ sockets: [(String, Int32)], sourceLocation: SourceLocation = #_sourceLocation) {
+        for (name, fd) in sockets {
+            for (callName, rc, err) in callEverything(fd) {
+                #expect(rc == -1 && err == ENETDOWN, "\(callName) on \(name) socket: \(rc), errno \(err)", sourceLocation: sourceLocation)
+            }
+            // close(2)'s counterpart releases the descriptor; poll reports the hang-up.
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN | POLLOUT), revents: 0)
+            #expect(sko_poll(&pfd, 1, 0) == 1 && pfd.revents & Int16(POLLHUP | POLLERR) == Int16(POLLHUP | POLLERR),
+                    "sko_poll on \(name) socket: revents \(pfd.revents)", sourceLocation: sourceLocation)
+            #expect(sko_close(fd) == 0, "sko_close on \(name) socket: errno \(errno)", sourceLocation: sourceLocation)
+        }
+    }
+
+    static func run(_ path: String) throws {
+        let server = try ServerProcess(socketPath: path)
+        try Socket.configure(serverPath: path)
+        let udp = Int32(SOCK_DGRAM.rawValue), tcp = Int32(SOCK_STREAM.rawValue)
+        let fresh = sko_socket(AF_INET, udp, 0)
+        let bound = sko_socket(AF_INET, udp, 0)
+        let connected = sko_socket(AF_INET, udp, 0)
+        let stream = sko_socket(AF_INET, tcp, 0)
+        let listener = sko_socket(AF_INET, tcp, 0)
+        let client = sko_socket(AF_INET, tcp, 0)
+        try #require([fresh, bound, connected, stream, listener, client].allSatisfy { $0 >= 0 }, "socket: errno \(errno)")
+        try #require(call(v4(7541)) { sko_bind(bound, $0, $1) } == 0)
+        try #require(call(v4(7541)) { sko_connect(connected, $0, $1) } == 0)
+        try #require(call(v4(7542)) { sko_bind(listener, $0, $1) } == 0 && sko_listen(listener, 8) == 0)
+        try #require(call(v4(7542)) { sko_connect(client, $0, $1) } == 0, "TCP connect: errno \(errno)")
+        let accepted = sko_accept(listener, nil, nil)
+        try #require(accepted >= 0, "accept: errno \(errno)")
+
+        server.crash()
+        try waitForWatchdog(bound)
+        expectNetworkDown([("UDP fresh", fresh), ("UDP bound", bound), ("UDP connected", connected), ("TCP fresh", stream),
+                           ("TCP listening", listener), ("TCP connected", client), ("TCP accepted", accepted)])
+        // No server: SIGKILL left the socket file, nobody listens.
+        let refused = sko_socket(AF_INET, udp, 0)
+        #expect(refused == -1 && errno == ECONNREFUSED, "socket with a stale socket file: \(refused), errno \(errno)")
+
+        // A new server at the path: the next socket() connects to it.
+        let second = try ServerProcess(socketPath: path)
+        let renewed = sko_socket(AF_INET, udp, 0)
+        try #require(renewed >= 0, "socket with a new server running: errno \(errno)")
+        #expect(call(v4(7543)) { sko_bind(renewed, $0, $1) } == 0, "bind on the new server: errno \(errno)")
+
+        // A clean stop removes the socket file: then ENOENT.
+        second.stop()
+        try waitForWatchdog(renewed)
+        expectNetworkDown([("UDP of the second server", renewed)])
+        let missing = sko_socket(AF_INET, udp, 0)
+        #expect(missing == -1 && errno == ENOENT, "socket with no socket file: \(missing), errno \(errno)")
+    }
+}
