@@ -54,7 +54,8 @@ public final class ServerConnection: Sendable {
     /// - Throws: `Errno` — ENOENT/ECONNREFUSED when no server listens at `path` (or it hung up
     ///   without answering), EPERM when the server or its directory is not to be trusted,
     ///   ETIMEDOUT when HELLO is not answered in time, the server's errno when it refuses us
-    ///   (EACCES, EUSERS), EPROTO when it speaks another protocol version.
+    ///   (EACCES, EUSERS; EPROTONOSUPPORT for another protocol version), EPROTO when the answer is
+    ///   not the protocol at all.
     public static func connect(path: String? = nil, transport: DatagramTransport = .auto,
                                timeoutMilliseconds: Int? = nil) throws(Errno) -> ServerConnection {
         let location = path.map { (path: $0, privateDirectory: String?.none) } ?? defaultLocation

@@ -182,10 +182,15 @@ struct ServerAuthenticationTests {
 
     /// In an exit-test child as `uid`, with neither SOCKET_SERVER_PATH nor XDG_RUNTIME_DIR set:
     /// `sko_socket`. The child exits with the errno it got (0 when it got a socket).
-    static func socketErrnoAtDefaultPath(uid: UInt32, expected: Int32, _ comment: Comment,
+    /// With `fakeServer`, the child first starts `fake-server` with those arguments (its own child:
+    /// see `UDPEchoFloodTests` for why helpers do not belong to the test process during exit tests).
+    static func socketErrnoAtDefaultPath(uid: UInt32, expected: Int32, fakeServer: [String] = [], _ comment: Comment,
                                          sourceLocation: SourceLocation = #_sourceLocation) async {
-        await #expect(processExitsWith: .exitCode(expected), comment, sourceLocation: sourceLocation) { [uid = uid as UInt32] in
+        await #expect(processExitsWith: .exitCode(expected), comment, sourceLocation: sourceLocation) {
+            [uid = uid as UInt32, fakeServer = fakeServer as [String]] in
             alarm(30)
+            let fake = fakeServer.isEmpty ? nil : try ServerAuthenticationTests.fakeServer(fakeServer[0], Array(fakeServer.dropFirst()))
+            defer { withExtendedLifetime(fake) {} }
             unsetenv("SOCKET_SERVER_PATH")
             unsetenv("XDG_RUNTIME_DIR")
             setenv("SOCKET_SERVER_TIMEOUT_MS", "500", 1)
@@ -241,11 +246,10 @@ struct ServerAuthenticationTests {
         try makeDirectory(directory, owner: uid, mode: 0o700)
         let recordDirectory = try TestDirectory("sko-default")
         let record = recordDirectory.file("received")
-        let fake = try Self.fakeServer(directory + "/socket", ["--record", record, "--uid", String(uid)])
-        defer { fake.stop() }
-        await Self.socketErrnoAtDefaultPath(uid: uid, expected: ETIMEDOUT, "our directory with a server of ours that does not answer")
+        await Self.socketErrnoAtDefaultPath(uid: uid, expected: ETIMEDOUT, fakeServer: [directory + "/socket", "--record", record, "--uid", String(uid)],
+                                            "our directory with a server of ours that does not answer")
         let hello = Self.recorded(record) ?? []
-        #expect(Self.startsWithHello(hello), "what the client sent at \(directory)/socket: \(hello.prefix(32))\n\(fake.diagnostics)")
+        #expect(Self.startsWithHello(hello), "what the client sent at \(directory)/socket: \(hello.prefix(32))")
     }
 }
 
@@ -380,5 +384,52 @@ enum ServerDeathChecks {
         expectNetworkDown([("UDP of the second server", renewed)])
         let missing = sko_socket(AF_INET, udp, 0)
         #expect(missing == -1 && errno == ENOENT, "socket with no socket file: \(missing), errno \(errno)")
+    }
+}
+
+/// udp-echo-server under a flood: with the smallest rings (33 buffers of 2 KiB, so 4 datagrams of
+/// 16,000 bytes) its send ring fills at once, `sendto` says EAGAIN, and the server must wait for
+/// room (or drop the echo), never exit.
+///
+/// Everything runs in an exit-test child, servers included: Swift Testing's exit-test monitor waits
+/// for any child of the test process (`waitid(P_ALL, WNOWAIT)`), so a helper of this process that
+/// exits during an exit test (an echo server that dies) would leave it spinning on that zombie.
+@Suite("udp-echo-server under a flood")
+struct UDPEchoFloodTests {
+    @Test("4 sockets blast it without waiting; it is alive and echoes everything afterwards")
+    func flood() async throws {
+        let dir = try TestDirectory("sko-flood")
+        await #expect(processExitsWith: .success) { [path = dir.file("server.sock") as String] in
+            alarm(90)
+            try UDPEchoFloodTests.run(path)
+            exit(0)
+        }
+    }
+
+    static func run(_ path: String) throws {
+        let server = try ServerProcess(["--datagram-ring-items", "33"], socketPath: path)
+        let echo = try EchoServer(server, port: 7551)
+        try Socket.configure(serverPath: path)
+        let threads = (0..<4).map { _ in
+            TestThread {
+                guard let s = try? Socket(.inet, .datagram, nonBlocking: true) else { return }
+                let payload = [UInt8](repeating: 0x5A, count: 16_000)
+                let to = SocketAddress(host: "127.0.0.1", port: 7551)!
+                let deadline = Deadline(seconds: 3)
+                // Bounded: 3 s or 200,000 attempts, whichever comes first; EAGAIN is expected.
+                for _ in 0..<200_000 where !deadline.expired { _ = try? s.send(payload, to: to) }
+            }
+        }
+        threads.forEach { $0.join() }
+
+        try #require(echo.process.isRunning, "udp-echo-server died under the flood: \(echo.process.diagnostics)")
+        let client = try ChildProcess(TestBinaries.path("udp-echo-client"),
+                                      ["127.0.0.1", "7551", "--count", "200", "--timeout", "10000", "--socket-path", path])
+        let (status, output) = client.finish(timeout: 60)
+        let f = ChildProcess.fields(output.last(where: { $0.hasPrefix("sent=") }) ?? "")
+        #expect(status == .exited(0) && f["received"] == "200" && f["corrupted"] == "0",
+                "udp-echo-client after the flood: \(client.diagnostics)\necho server: \(echo.process.diagnostics)")
+        echo.stop()
+        server.stop()
     }
 }
