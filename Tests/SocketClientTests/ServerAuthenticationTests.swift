@@ -260,11 +260,23 @@ struct ServerAuthenticationTests {
 @Suite("Calls after the server's death")
 struct ServerDeathTests {
     @Test("old sockets of every kind: ENETDOWN from every call but close and poll; new sockets: ECONNREFUSED, a new server, ENOENT")
-    func errnosAfterDeath() async throws {
-        let dir = try TestDirectory("sko-death")
-        await #expect(processExitsWith: .success) { [path = dir.file("server.sock") as String] in
-            alarm(60)
-            try ServerDeathChecks.run(path)
+    func errnosAfterDeath() async throws { try await ChildChecks.run("serverDeath") }
+}
+
+/// Checks that run in an exit-test child, with a socket path in a fresh directory: each starts its
+/// own servers and helpers there (see `UDPEchoFloodTests` for why).
+enum ChildChecks {
+    static let all: [String: @Sendable (String) throws -> Void] = [
+        "serverDeath": ServerDeathChecks.run, "echoFlood": UDPEchoFloodTests.run,
+    ]
+
+    static func run(_ check: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let dir = try TestDirectory("sko-\(check)")
+        await #expect(processExitsWith: .success, "check \(check)", sourceLocation: sourceLocation) {
+            [check = check as String, path = dir.file("server.sock") as String] in
+            alarm(90) // hang bound: SIGALRM ends the child, and the exit test fails
+            let body = try #require(ChildChecks.all[check], "no check named \(check)")
+            try body(path)
             exit(0)
         }
     }
@@ -397,14 +409,7 @@ enum ServerDeathChecks {
 @Suite("udp-echo-server under a flood")
 struct UDPEchoFloodTests {
     @Test("4 sockets blast it without waiting; it is alive and echoes everything afterwards")
-    func flood() async throws {
-        let dir = try TestDirectory("sko-flood")
-        await #expect(processExitsWith: .success) { [path = dir.file("server.sock") as String] in
-            alarm(90)
-            try UDPEchoFloodTests.run(path)
-            exit(0)
-        }
-    }
+    func flood() async throws { try await ChildChecks.run("echoFlood") }
 
     static func run(_ path: String) throws {
         let server = try ServerProcess(["--datagram-ring-items", "33"], socketPath: path)
