@@ -107,6 +107,20 @@ struct ServerAuthenticationTests {
         #expect(fake.waitForLine(timeout: 10) { $0.hasPrefix("closed") } != nil, "the control socket was not closed: \(fake.diagnostics)")
     }
 
+    @Test("a server that never accepts: the connect that waits for its full backlog gives up too (ETIMEDOUT)")
+    func stuckServer() throws {
+        let dir = try TestDirectory("sko-stuck")
+        let path = dir.file("stuck.sock")
+        let fake = try Self.fakeServer(path, ["--never-accept"])
+        defer { fake.stop() }
+        // The first client fills the backlog (its HELLO is never read); the second one's connect(2)
+        // blocks until SO_SNDTIMEO ends it.
+        for (i, port) in [UInt16(7513), 7514].enumerated() {
+            let r = try Self.roundTrip(path, port: port, environment: ["SOCKET_SERVER_TIMEOUT_MS=500"])
+            #expect(r.line == "socket-errno=\(ETIMEDOUT)", "client \(i + 1) at a server that never accepts: \(r.diagnostics)")
+        }
+    }
+
     // MARK: a server that refuses
 
     @Test("a server that refuses and hangs up: the client reports its errno, not EPIPE or ECONNRESET")

@@ -6,6 +6,8 @@
 //   --record FILE    accept connections, append every byte they send to FILE, answer nothing
 //   --refuse ERRNO   accept, send an error reply with ERRNO and request id 0 (as a socket server
 //                    refuses a client), close without reading
+//   --never-accept   listen with a backlog of 0 and never accept: the first connection waits in
+//                    the backlog, and every later connect(2) blocks (a server that is stuck)
 //   --uid UID        become that uid (and gid) before listening: SO_PEERCRED then reports it to
 //                    clients, as for a server run by that user (needs root; FILE is opened first)
 //   --lifetime S     exit 0 after S seconds (default 120), so that a forgotten one goes away
@@ -28,9 +30,10 @@ enum Mode {
     case silent
     case record(fd: Int32)
     case refuse(Int32)
+    case neverAccept
 }
 
-let usage = "usage: fake-server PATH --silent|--record FILE|--refuse ERRNO [--uid UID] [--lifetime S]"
+let usage = "usage: fake-server PATH --silent|--record FILE|--refuse ERRNO|--never-accept [--uid UID] [--lifetime S]"
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let path = arguments.first else { fail(usage) }
 var mode: Mode? = nil
@@ -40,9 +43,10 @@ var i = 1
 while i < arguments.count {
     let name = arguments[i]
     let value = i + 1 < arguments.count ? arguments[i + 1] : ""
-    i += name == "--silent" ? 1 : 2
+    i += name == "--silent" || name == "--never-accept" ? 1 : 2
     switch name {
     case "--silent": mode = .silent
+    case "--never-accept": mode = .neverAccept
     case "--record":
         let fd = open(value, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard fd >= 0 else { fail("cannot open \(value): \(Errno.current)") }
@@ -76,8 +80,14 @@ let bound = withUnsafePointer(to: &address) {
     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
 }
 guard bound == 0 else { fail("bind \(path): \(Errno.current)") }
-guard listen(listener, 64) == 0 else { fail("listen: \(Errno.current)") }
+let backlog: Int32 = if case .neverAccept = mode { 0 } else { 64 }
+guard listen(listener, backlog) == 0 else { fail("listen: \(Errno.current)") }
 say("listening")
+let end = monotonicNanoseconds() + UInt64(lifetime) * 1_000_000_000
+if case .neverAccept = mode {
+    while monotonicNanoseconds() < end { usleep(200_000) }
+    exit(0)
+}
 
 /// One accepted connection and the bytes it sent.
 struct Client {
@@ -86,7 +96,6 @@ struct Client {
 }
 
 var clients: [Client] = []
-let end = monotonicNanoseconds() + UInt64(lifetime) * 1_000_000_000
 while monotonicNanoseconds() < end {
     // Silent clients are watched for hang-up only (POLLRDHUP), so their messages stay unread.
     let watched: Int16 = if case .silent = mode { POLLRDHUP_ } else { Int16(POLLIN) }
