@@ -22,6 +22,23 @@ struct ServerAuthenticationTests {
         return fake
     }
 
+    /// A fake server in a fresh directory of its own (removed with the returned server).
+    final class FakeServer {
+        let process: ChildProcess
+        let directory: TestDirectory
+        init(_ process: ChildProcess, _ directory: TestDirectory) {
+            self.process = process
+            self.directory = directory
+        }
+        func stop() { process.stop() }
+
+        static func inDirectory(_ arguments: [String]) throws -> (FakeServer, path: String) {
+            let dir = try TestDirectory("sko-fake")
+            let path = dir.file("fake.sock")
+            return (FakeServer(try ServerAuthenticationTests.fakeServer(path, arguments), dir), path)
+        }
+    }
+
     /// `client-peer round-trip PORT --socket-path PATH` with `environment` (VAR=VALUE, or -u VAR) set
     /// through env(1). Returns its last line ("socket-errno=N" when it could not get a socket).
     static func roundTrip(_ path: String, port: UInt16, environment: [String] = []) throws -> (status: ChildProcess.ExitStatus?, line: String, diagnostics: String) {
@@ -86,9 +103,7 @@ struct ServerAuthenticationTests {
 
     @Test("a server that accepts and never answers: ETIMEDOUT (SOCKET_SERVER_TIMEOUT_MS, then the 5 s default), descriptor closed")
     func silentServer() throws {
-        let dir = try TestDirectory("sko-silent")
-        let path = dir.file("silent.sock")
-        let fake = try Self.fakeServer(path, ["--silent"])
+        let (fake, path) = try FakeServer.inDirectory(["--silent"])
         defer { fake.stop() }
 
         let short = try Self.roundTrip(path, port: 7511, environment: ["SOCKET_SERVER_TIMEOUT_MS=500"])
@@ -101,17 +116,15 @@ struct ServerAuthenticationTests {
         // In this process: the library closes the control socket when it gives up (the fake server
         // sees the hang-up while we are still running).
         var skipped: [String] = []
-        _ = fake.waitForLine(timeout: 10, skipped: &skipped) { $0.hasPrefix("closed") }
-        _ = fake.waitForLine(timeout: 10, skipped: &skipped) { $0.hasPrefix("closed") }
+        _ = fake.process.waitForLine(timeout: 10, skipped: &skipped) { $0.hasPrefix("closed") }
+        _ = fake.process.waitForLine(timeout: 10, skipped: &skipped) { $0.hasPrefix("closed") }
         #expect(throws: Errno(ETIMEDOUT)) { try ServerConnection.connect(path: path, timeoutMilliseconds: 300) }
-        #expect(fake.waitForLine(timeout: 10) { $0.hasPrefix("closed") } != nil, "the control socket was not closed: \(fake.diagnostics)")
+        #expect(fake.process.waitForLine(timeout: 10) { $0.hasPrefix("closed") } != nil, "the control socket was not closed: \(fake.process.diagnostics)")
     }
 
     @Test("a server that never accepts: the connect that waits for its full backlog gives up too (ETIMEDOUT)")
     func stuckServer() throws {
-        let dir = try TestDirectory("sko-stuck")
-        let path = dir.file("stuck.sock")
-        let fake = try Self.fakeServer(path, ["--never-accept"])
+        let (fake, path) = try FakeServer.inDirectory(["--never-accept"])
         defer { fake.stop() }
         // The first client fills the backlog (its HELLO is never read); the second one's connect(2)
         // blocks until SO_SNDTIMEO ends it.
@@ -125,9 +138,7 @@ struct ServerAuthenticationTests {
 
     @Test("a server that refuses and hangs up: the client reports its errno, not EPIPE or ECONNRESET")
     func refusalIsReported() throws {
-        let dir = try TestDirectory("sko-refuse")
-        let path = dir.file("refuse.sock")
-        let fake = try Self.fakeServer(path, ["--refuse", String(EUSERS)])
+        let (fake, path) = try FakeServer.inDirectory(["--refuse", String(EUSERS)])
         defer { fake.stop() }
         // The refusal races with our HELLO (sent before, or after the server has closed): both ways.
         for _ in 0..<20 {
