@@ -35,7 +35,7 @@ public final class ServerConnection: Sendable {
     }
 
     /// How long connect + HELLO may take: `$SOCKET_SERVER_TIMEOUT_MS` when it is a positive number
-    /// of milliseconds, else 5 seconds.
+    /// of milliseconds (at most 2^31 - 1), else 5 seconds.
     static var defaultTimeoutMilliseconds: Int {
         if let t = getenv("SOCKET_SERVER_TIMEOUT_MS"), let ms = Int(String(cString: t)), ms > 0 { return ms }
         return 5000
@@ -59,7 +59,7 @@ public final class ServerConnection: Sendable {
     public static func connect(path: String? = nil, transport: DatagramTransport = .auto,
                                timeoutMilliseconds: Int? = nil) throws(Errno) -> ServerConnection {
         let location = path.map { (path: $0, privateDirectory: String?.none) } ?? defaultLocation
-        let timeout = timeoutMilliseconds ?? defaultTimeoutMilliseconds
+        let timeout = min(max(timeoutMilliseconds ?? defaultTimeoutMilliseconds, 1), Int(Int32.max)) // about 24 days at most
         if let directory = location.privateDirectory { try checkPrivateDirectory(directory) }
         let connection = try ServerConnection(connectingTo: location.path, transport: transport, timeoutMilliseconds: timeout)
         // process-vm needs the kernel to let us read and write the server's memory: prove it on the
@@ -71,12 +71,12 @@ public final class ServerConnection: Sendable {
     }
 
     /// Checks the directory of the default path: it must exist (else ENOENT: no server), be a real
-    /// directory (not a symlink), be owned by `uid` or root, and be writable by nobody else.
+    /// directory (not a symlink), be owned by our uid or root, and be writable by nobody else.
     /// - Throws: ENOENT (or lstat's errno), EPERM when it is not to be trusted.
-    static func checkPrivateDirectory(_ directory: String, uid: uid_t = getuid()) throws(Errno) {
+    static func checkPrivateDirectory(_ directory: String) throws(Errno) {
         var info = stat()
         guard lstat(directory, &info) == 0 else { throw Errno.current }
-        guard info.st_mode & S_IFMT == S_IFDIR, info.st_uid == uid || info.st_uid == 0,
+        guard info.st_mode & S_IFMT == S_IFDIR, info.st_uid == getuid() || info.st_uid == 0,
               info.st_mode & (S_IWGRP | S_IWOTH) == 0 else { throw Errno(EPERM) }
     }
 
