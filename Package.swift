@@ -110,6 +110,13 @@ let package = Package(
             dependencies: ["SocketClient", "SocketShared", "CShims"],
             path: "Tests/client-peer"
         ),
+        // Something listening where a socket server should be (silent, recording, refusing, or run
+        // as another user): the client's authentication and timeout tests.
+        .executableTarget(
+            name: "fake-server",
+            dependencies: ["SocketShared", "CShims"],
+            path: "Tests/fake-server"
+        ),
         // Integration tests against the real socket-server, echo examples and client-peer binaries.
         .testTarget(
             name: "SocketClientTests",

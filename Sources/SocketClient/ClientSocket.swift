@@ -140,6 +140,16 @@ class ClientSocket: @unchecked Sendable {
         if connection.isDead || !connection.checkAlive() { throw Errno(ENETDOWN) }
     }
 
+    /// `error` as the caller must see it: ENETDOWN when the server turns out to be gone (an error
+    /// from the socket's own state says nothing once the server is). EAGAIN was checked already
+    /// (`checkServerBeforeEAGAIN`, `waitFor`); the poll of the control socket is on error paths only.
+    func reported(_ error: Errno) -> Errno {
+        switch error.rawValue {
+        case ENETDOWN, EAGAIN, EINTR: return error
+        default: return connection.checkAlive() ? error : Errno(ENETDOWN)
+        }
+    }
+
     /// The server died: readable (a read reports ENETDOWN) and writable (a write does too).
     func wakeForServerDeath() {
         eventLock.withLock {

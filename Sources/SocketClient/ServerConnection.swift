@@ -22,28 +22,62 @@ public final class ServerConnection: Sendable {
     private let dead = Atomic<Bool>(false)
 
     /// The server path used when none is given: `$SOCKET_SERVER_PATH`, else
-    /// `$XDG_RUNTIME_DIR/socket-server.sock`, else `/tmp/socket-server-UID.sock`.
-    public static var defaultPath: String {
-        if let p = getenv("SOCKET_SERVER_PATH"), p.pointee != 0 { return String(cString: p) }
-        if let d = getenv("XDG_RUNTIME_DIR"), d.pointee != 0 { return String(cString: d) + "/socket-server.sock" }
-        return "/tmp/socket-server-\(getuid()).sock"
+    /// `$XDG_RUNTIME_DIR/socket-server.sock`, else `/tmp/socket-server-UID/socket`.
+    public static var defaultPath: String { defaultLocation.path }
+
+    /// The default path, and the directory the client must check before trusting it: the
+    /// `/tmp/socket-server-UID` fallback (nil for the two paths the user chose through the environment).
+    static var defaultLocation: (path: String, privateDirectory: String?) {
+        if let p = getenv("SOCKET_SERVER_PATH"), p.pointee != 0 { return (String(cString: p), nil) }
+        if let d = getenv("XDG_RUNTIME_DIR"), d.pointee != 0 { return (String(cString: d) + "/socket-server.sock", nil) }
+        let directory = "/tmp/socket-server-\(getuid())"
+        return (directory + "/socket", directory)
+    }
+
+    /// How long connect + HELLO may take: `$SOCKET_SERVER_TIMEOUT_MS` when it is a positive number
+    /// of milliseconds (at most 2^31 - 1), else 5 seconds.
+    static var defaultTimeoutMilliseconds: Int {
+        if let t = getenv("SOCKET_SERVER_TIMEOUT_MS"), let ms = Int(String(cString: t)), ms > 0 { return ms }
+        return 5000
     }
 
     /// Connects and says HELLO; with `.auto`, checks that process-vm really works before using it.
+    ///
+    /// Before sending anything it authenticates the server: the process listening at the path must
+    /// run as our uid or as root (`SO_PEERCRED`), and the default `/tmp/socket-server-UID` directory
+    /// must be a real directory owned by us or root that neither group nor others can write.
     /// - Parameters:
     ///   - path: the server's socket path (default: `defaultPath`).
     ///   - transport: preferred datagram transport (`.auto` lets the server choose).
-    /// - Throws: `Errno` — ENOENT/ECONNREFUSED when no server listens at `path`, EACCES when the
-    ///   server refuses us, EPROTO when it speaks another protocol version.
-    public static func connect(path: String? = nil, transport: DatagramTransport = .auto) throws(Errno) -> ServerConnection {
-        let path = path ?? defaultPath
-        let connection = try ServerConnection(connectingTo: path, transport: transport)
+    ///   - timeoutMilliseconds: the bound on connect + HELLO (default: `$SOCKET_SERVER_TIMEOUT_MS`,
+    ///     else 5000).
+    /// - Throws: `Errno` — ENOENT/ECONNREFUSED when no server listens at `path` (or it hung up
+    ///   without answering), EPERM when the server or its directory is not to be trusted,
+    ///   ETIMEDOUT when HELLO is not answered in time, the server's errno when it refuses us
+    ///   (EACCES, EUSERS; EPROTONOSUPPORT for another protocol version), EPROTO when the answer is
+    ///   not the protocol at all.
+    public static func connect(path: String? = nil, transport: DatagramTransport = .auto,
+                               timeoutMilliseconds: Int? = nil) throws(Errno) -> ServerConnection {
+        let location = path.map { (path: $0, privateDirectory: String?.none) } ?? defaultLocation
+        let timeout = min(max(timeoutMilliseconds ?? defaultTimeoutMilliseconds, 1), Int(Int32.max)) // about 24 days at most
+        if let directory = location.privateDirectory { try checkPrivateDirectory(directory) }
+        let connection = try ServerConnection(connectingTo: location.path, transport: transport, timeoutMilliseconds: timeout)
         // process-vm needs the kernel to let us read and write the server's memory: prove it on the
         // server's mapping of our segment, and fall back to shared memory (a new session) if not.
         if connection.info.transport == .processVM && transport != .processVM && !connection.canAccessServerMemory() {
-            return try ServerConnection(connectingTo: path, transport: .sharedMemory)
+            return try ServerConnection(connectingTo: location.path, transport: .sharedMemory, timeoutMilliseconds: timeout)
         }
         return connection
+    }
+
+    /// Checks the directory of the default path: it must exist (else ENOENT: no server), be a real
+    /// directory (not a symlink), be owned by our uid or root, and be writable by nobody else.
+    /// - Throws: ENOENT (or lstat's errno), EPERM when it is not to be trusted.
+    static func checkPrivateDirectory(_ directory: String) throws(Errno) {
+        var info = stat()
+        guard lstat(directory, &info) == 0 else { throw Errno.current }
+        guard info.st_mode & S_IFMT == S_IFDIR, info.st_uid == getuid() || info.st_uid == 0,
+              info.st_mode & (S_IWGRP | S_IWOTH) == 0 else { throw Errno(EPERM) }
     }
 
     private func canAccessServerMemory() -> Bool {
@@ -54,52 +88,148 @@ public final class ServerConnection: Sendable {
         return n == 4 && magic == CSHIMS_SEGMENT_MAGIC
     }
 
-    private init(connectingTo path: String, transport: DatagramTransport) throws(Errno) {
+    private init(connectingTo path: String, transport: DatagramTransport, timeoutMilliseconds: Int) throws(Errno) {
         self.path = path
+        let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
         let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw Errno.current }
+        do {
+            try Self.connect(fd, to: path, deadline: deadline)
+            try Self.authenticateServer(fd)
+            let (info, segment) = try Self.hello(over: fd, transport: transport, deadline: deadline)
+            self.info = info
+            self.segment = segment
+            controlFD = fd
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+
+    /// `connect(2)` bounded by `deadline` (a full listen backlog makes it wait; SO_SNDTIMEO bounds that).
+    /// - Throws: connect's errno (ENOENT, ECONNREFUSED, ...), ETIMEDOUT at the deadline.
+    private static func connect(_ fd: Int32, to path: String, deadline: UInt64) throws(Errno) {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            close(fd)
-            throw Errno(ENAMETOOLONG)
-        }
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw Errno(ENAMETOOLONG) }
         withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else {
-            let err = Errno.current
-            close(fd)
-            throw err
-        }
-        do {
-            let hello = ControlMessage(requestID: 0, .hello(version: ControlMessage.version, transport: transport))
-            try DescriptorPassing.send(fd, hello.encoded())
-            guard let packet = try DescriptorPassing.receive(fd, maxBytes: ControlMessage.maximumSize + 1) else { throw Errno(EPROTO) }
-            let reply = try? ControlMessage.decode(packet.bytes)
-            switch reply?.payload {
-            case .reply(.hello(let info))? where packet.descriptors.count == 1:
-                let segment = try SharedSegment(adopting: packet.descriptors[0])
-                try segment.validateHeader()
-                self.controlFD = fd
-                self.segment = segment
-                self.info = info
-            case .reply(.error(let err))?:
-                packet.closeDescriptors()
-                throw Errno(err)
-            default:
-                packet.closeDescriptors()
-                throw Errno(EPROTO)
+        while true {
+            try setSendTimeout(fd, until: deadline)
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
+            if rc == 0 { return }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN: throw Errno(ETIMEDOUT) // SO_SNDTIMEO elapsed with the backlog still full
+            default: throw Errno.current
+            }
+        }
+    }
+
+    /// Sets SO_SNDTIMEO to the time left until `deadline` (nil: no timeout).
+    /// - Throws: ETIMEDOUT when the deadline has passed.
+    private static func setSendTimeout(_ fd: Int32, until deadline: UInt64?) throws(Errno) {
+        var tv = timeval()
+        if let deadline {
+            let now = monotonicNanoseconds()
+            guard now < deadline else { throw Errno(ETIMEDOUT) }
+            let us = max((deadline - now) / 1000, 1)
+            tv = timeval(tv_sec: Int(us / 1_000_000), tv_usec: Int(us % 1_000_000))
+        }
+        guard setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) == 0 else { throw Errno.current }
+    }
+
+    /// The server must run as our uid or as root (the kernel's `SO_PEERCRED`, recorded when the
+    /// server called listen): anyone else could have created the socket file first.
+    /// - Throws: EPERM for a server of another uid.
+    private static func authenticateServer(_ fd: Int32) throws(Errno) {
+        let server: PeerCredentials
+        do { server = try PeerCredentials(socket: fd) } catch { throw error.errno ?? Errno(EPROTO) }
+        guard server.uid == getuid() || server.uid == 0 else { throw Errno(EPERM) }
+    }
+
+    /// Says HELLO on a connected control socket and takes the reply, within `deadline`.
+    /// - Returns: the server's HELLO information and our segment (owned by the caller).
+    /// - Throws: the errno of the server's error reply (also when it refused us and hung up before
+    ///   our HELLO went out), ECONNREFUSED when it hung up without a reply, ETIMEDOUT at the
+    ///   deadline, EPROTO for anything else than a HELLO reply.
+    static func hello(over fd: Int32, transport: DatagramTransport, deadline: UInt64) throws(Errno) -> (HelloInfo, SharedSegment) {
+        let hello = ControlMessage(requestID: 0, .hello(version: ControlMessage.version, transport: transport))
+        do {
+            try setSendTimeout(fd, until: deadline)
+            try DescriptorPassing.send(fd, hello.encoded())
+            try setSendTimeout(fd, until: nil) // later requests are not bounded by HELLO's deadline
         } catch let error as Errno {
-            close(fd)
+            throw queuedRefusal(fd) ?? error
+        } catch {
+            // EPIPE/ECONNRESET: the server refused us and closed; its reply may be queued.
+            if let refusal = queuedRefusal(fd) { throw refusal }
+            switch (error as? SharedError)?.errno?.rawValue ?? EPROTO {
+            case EAGAIN: throw Errno(ETIMEDOUT) // SO_SNDTIMEO elapsed: the server does not read
+            case EPIPE, ECONNRESET, ENOTCONN: throw Errno(ECONNREFUSED)
+            case let err: throw Errno(err)
+            }
+        }
+        let packet: ReceivedPacket
+        do {
+            packet = try receiveReply(fd, deadline: deadline)
+        } catch let error as Errno {
             throw error
         } catch {
-            close(fd)
-            throw Errno((error as? SharedError)?.errno?.rawValue ?? EPROTO)
+            throw queuedRefusal(fd) ?? Errno(ECONNREFUSED)
         }
+        let reply = packet.truncated ? nil : try? ControlMessage.decode(packet.bytes)
+        switch reply?.payload {
+        case .reply(.hello(let info))? where packet.descriptors.count == 1:
+            do {
+                let segment = try SharedSegment(adopting: packet.descriptors[0])
+                try segment.validateHeader()
+                return (info, segment)
+            } catch {
+                throw Errno(error.errno?.rawValue ?? EPROTO)
+            }
+        case .reply(.error(let err))?:
+            packet.closeDescriptors()
+            throw Errno(err)
+        default:
+            packet.closeDescriptors()
+            throw Errno(EPROTO)
+        }
+    }
+
+    /// The next packet on `fd`, waiting until `deadline`.
+    /// - Throws: ETIMEDOUT at the deadline; the receive's `SharedError` when the server hung up.
+    private static func receiveReply(_ fd: Int32, deadline: UInt64) throws -> ReceivedPacket {
+        while true {
+            let now = monotonicNanoseconds()
+            guard now < deadline else { throw Errno(ETIMEDOUT) }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let n = poll(&pfd, 1, Int32(min((deadline - now + 999_999) / 1_000_000, UInt64(Int32.max))))
+            if n < 0 && errno != EINTR { throw Errno.current }
+            if n > 0, let packet = try DescriptorPassing.receive(fd, maxBytes: ControlMessage.maximumSize + 1, nonBlocking: true) {
+                return packet
+            }
+        }
+    }
+
+    /// The errno of an error reply the server queued before it hung up (it refuses a client that
+    /// way: EACCES, EUSERS), nil when there is none. A pending ECONNRESET (the server closed with
+    /// our HELLO unread) is reported by the kernel before the queued packets: read past it.
+    private static func queuedRefusal(_ fd: Int32) -> Errno? {
+        for _ in 0..<4 {
+            do {
+                guard let packet = try DescriptorPassing.receive(fd, maxBytes: ControlMessage.maximumSize + 1, nonBlocking: true) else { return nil }
+                packet.closeDescriptors()
+                if case .reply(.error(let err))? = (try? ControlMessage.decode(packet.bytes))?.payload { return Errno(err) }
+            } catch where error.errno?.rawValue == ECONNRESET {
+                continue
+            } catch {
+                return nil
+            }
+        }
+        return nil
     }
 
     deinit { close(controlFD) }

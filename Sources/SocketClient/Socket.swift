@@ -169,7 +169,10 @@ public final class Socket: @unchecked Sendable {
     }
 
     public var isNonBlocking: Bool {
-        get { sko_fcntl(fileDescriptor, F_GETFL, 0) & O_NONBLOCK != 0 }
+        get {
+            let flags = sko_fcntl(fileDescriptor, F_GETFL, 0) // -1 (ENETDOWN) once the server is gone
+            return flags >= 0 && flags & O_NONBLOCK != 0
+        }
         set { _ = sko_fcntl(fileDescriptor, F_SETFL, newValue ? O_NONBLOCK : 0) }
     }
 

@@ -37,8 +37,18 @@ final class ClientState: Sendable {
         }
     }
 
-    func socket(_ fd: Int32) throws(Errno) -> ClientSocket {
+    /// The socket behind `fd`, whatever the state of its connection.
+    /// - Throws: EBADF for a descriptor that is not one of ours.
+    func lookup(_ fd: Int32) throws(Errno) -> ClientSocket {
         guard let s = sockets.withLock({ $0[fd] }) else { throw Errno(EBADF) }
+        return s
+    }
+
+    /// The socket behind `fd`, on a live connection.
+    /// - Throws: EBADF for a descriptor that is not one of ours, ENETDOWN once its server is gone.
+    func socket(_ fd: Int32) throws(Errno) -> ClientSocket {
+        let s = try lookup(fd)
+        if s.connection.isDead { throw Errno(ENETDOWN) }
         return s
     }
 
@@ -61,6 +71,17 @@ func bsd<R: FixedWidthInteger>(_ body: () throws(Errno) -> R) -> R {
     } catch {
         errno = error.rawValue
         return -1
+    }
+}
+
+/// Runs `body` on the socket behind `fd`, turning a thrown `Errno` into -1 + errno. Every call on
+/// a socket of a server that is gone fails with ENETDOWN, whatever else it would have said (EINVAL,
+/// ENOTCONN, EPIPE... from the socket's own state).
+@inline(__always)
+func onSocket<R: FixedWidthInteger>(_ fd: Int32, _ body: (ClientSocket) throws(Errno) -> R) -> R {
+    bsd { () throws(Errno) -> R in
+        let s = try ClientState.shared.socket(fd)
+        do throws(Errno) { return try body(s) } catch { throw s.reported(error) }
     }
 }
 
@@ -150,8 +171,7 @@ func makeSocket(_ connection: ServerConnection, _ reply: Reply, _ fds: [Int32], 
 /// The corresponding C function is `bind`.
 @_cdecl("sko_bind")
 public func sko_bind(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: socklen_t) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int32 in
         let a = try address(addr, len)
         guard a.family == (s.domain == AF_INET6 ? .inet6 : .inet) else { throw Errno(EAFNOSUPPORT) }
         _ = try s.request(.bind(handle: s.info.handle, address: a))
@@ -163,8 +183,7 @@ public func sko_bind(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: sockl
 /// dissolves the association.
 @_cdecl("sko_connect")
 public func sko_connect(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: socklen_t) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int32 in
         let a = try address(addr, len)
         if a.family != .unspecified {
             guard a.family == (s.domain == AF_INET6 ? .inet6 : .inet) else { throw Errno(EAFNOSUPPORT) }
@@ -178,8 +197,7 @@ public func sko_connect(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: so
 @_cdecl("sko_sendto")
 public func sko_sendto(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int, _ flags: Int32,
                        _ addr: UnsafePointer<sockaddr>?, _ alen: socklen_t) -> Int {
-    bsd { () throws(Errno) -> Int in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int in
         guard buf != nil || len == 0 else { throw Errno(EFAULT) }
         let to: SocketAddress? = addr == nil ? nil : try address(addr, alen)
         return try s.send([UnsafeRawBufferPointer(start: buf, count: len)], to: to, flags: flags)
@@ -195,8 +213,7 @@ public func sko_send(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int, _ flags:
 /// The corresponding C function is `sendmsg` (no ancillary data).
 @_cdecl("sko_sendmsg")
 public func sko_sendmsg(_ fd: Int32, _ msg: UnsafePointer<msghdr>?, _ flags: Int32) -> Int {
-    bsd { () throws(Errno) -> Int in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int in
         guard let msg = msg?.pointee else { throw Errno(EFAULT) }
         let to: SocketAddress? = msg.msg_name == nil ? nil : try address(msg.msg_name.assumingMemoryBound(to: sockaddr.self), msg.msg_namelen)
         let iov = UnsafeBufferPointer(start: msg.msg_iov, count: Int(msg.msg_iovlen))
@@ -209,8 +226,7 @@ public func sko_sendmsg(_ fd: Int32, _ msg: UnsafePointer<msghdr>?, _ flags: Int
 @_cdecl("sko_recvfrom")
 public func sko_recvfrom(_ fd: Int32, _ buf: UnsafeMutableRawPointer?, _ len: Int, _ flags: Int32,
                          _ addr: UnsafeMutablePointer<sockaddr>?, _ alen: UnsafeMutablePointer<socklen_t>?) -> Int {
-    bsd { () throws(Errno) -> Int in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int in
         guard buf != nil || len == 0 else { throw Errno(EFAULT) }
         let r = try s.receive([UnsafeMutableRawBufferPointer(start: buf, count: len)], flags: flags)
         store(r.from, addr, alen)
@@ -228,8 +244,7 @@ public func sko_recv(_ fd: Int32, _ buf: UnsafeMutableRawPointer?, _ len: Int, _
 /// did not fit; no ancillary data (`msg_controllen` is set to 0).
 @_cdecl("sko_recvmsg")
 public func sko_recvmsg(_ fd: Int32, _ msg: UnsafeMutablePointer<msghdr>?, _ flags: Int32) -> Int {
-    bsd { () throws(Errno) -> Int in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int in
         guard let msg else { throw Errno(EFAULT) }
         let iov = UnsafeBufferPointer(start: msg.pointee.msg_iov, count: Int(msg.pointee.msg_iovlen))
         let r = try s.receive(iov.map { UnsafeMutableRawBufferPointer(start: $0.iov_base, count: $0.iov_len) }, flags: flags)
@@ -247,8 +262,7 @@ public func sko_recvmsg(_ fd: Int32, _ msg: UnsafeMutablePointer<msghdr>?, _ fla
 /// The corresponding C function is `getsockname`.
 @_cdecl("sko_getsockname")
 public func sko_getsockname(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: UnsafeMutablePointer<socklen_t>?) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int32 in
         guard addr != nil, len != nil else { throw Errno(EFAULT) }
         guard case .address(let a) = try s.request(.getsockname(handle: s.info.handle)) else { throw Errno(EPROTO) }
         store(a, addr, len)
@@ -259,8 +273,7 @@ public func sko_getsockname(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?
 /// The corresponding C function is `getpeername` (ENOTCONN when not connected).
 @_cdecl("sko_getpeername")
 public func sko_getpeername(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: UnsafeMutablePointer<socklen_t>?) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int32 in
         guard addr != nil, len != nil else { throw Errno(EFAULT) }
         guard case .address(let a) = try s.request(.getpeername(handle: s.info.handle)) else { throw Errno(EPROTO) }
         store(a, addr, len)
@@ -272,8 +285,7 @@ public func sko_getpeername(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?
 /// client; every other option goes to the server (see the README for the list).
 @_cdecl("sko_setsockopt")
 public func sko_setsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: UnsafeRawPointer?, _ len: socklen_t) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int32 in
         guard let value else { throw Errno(EFAULT) }
         if level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) {
             guard Int(len) >= MemoryLayout<timeval>.size else { throw Errno(EINVAL) }
@@ -293,8 +305,7 @@ public func sko_setsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: 
 /// The corresponding C function is `getsockopt`.
 @_cdecl("sko_getsockopt")
 public func sko_getsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer?, _ len: UnsafeMutablePointer<socklen_t>?) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int32 in
         guard let value, let len else { throw Errno(EFAULT) }
         var result: [UInt8]
         if level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) {
@@ -319,8 +330,7 @@ public func sko_getsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: 
 /// the size of the next datagram) and FIONBIO.
 @_cdecl("sko_ioctl")
 public func sko_ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutablePointer<Int32>?) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int32 in
         guard let arg else { throw Errno(EFAULT) }
         switch request {
         case UInt(FIONREAD): arg.pointee = Int32(clamping: try s.bytesReadable())
@@ -334,8 +344,7 @@ public func sko_ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutablePointer<
 /// The corresponding C function is `fcntl`, for F_GETFL / F_SETFL (O_NONBLOCK) and F_GETFD.
 @_cdecl("sko_fcntl")
 public func sko_fcntl(_ fd: Int32, _ cmd: Int32, _ arg: Int32) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int32 in
         switch cmd {
         case F_GETFL: return O_RDWR | (s.nonBlocking.load(ordering: .relaxed) ? O_NONBLOCK : 0)
         case F_SETFL:
@@ -350,8 +359,7 @@ public func sko_fcntl(_ fd: Int32, _ cmd: Int32, _ arg: Int32) -> Int32 {
 /// The corresponding C function is `shutdown`.
 @_cdecl("sko_shutdown")
 public func sko_shutdown(_ fd: Int32, _ how: Int32) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        let s = try ClientState.shared.socket(fd)
+    onSocket(fd) { s throws(Errno) -> Int32 in
         guard how == SHUT_RD || how == SHUT_WR || how == SHUT_RDWR else { throw Errno(EINVAL) }
         try s.shutdown(how)
         return 0
@@ -373,8 +381,8 @@ public func sko_close(_ fd: Int32) -> Int32 {
 /// The corresponding C function is `listen`.
 @_cdecl("sko_listen")
 public func sko_listen(_ fd: Int32, _ backlog: Int32) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        guard let s = try ClientState.shared.socket(fd) as? StreamSocket else { throw Errno(EOPNOTSUPP) }
+    onSocket(fd) { s throws(Errno) -> Int32 in
+        guard let s = s as? StreamSocket else { throw Errno(EOPNOTSUPP) }
         try s.listen(backlog: backlog)
         return 0
     }
@@ -384,8 +392,8 @@ public func sko_listen(_ fd: Int32, _ backlog: Int32) -> Int32 {
 /// new descriptor is always close-on-exec).
 @_cdecl("sko_accept4")
 public func sko_accept4(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: UnsafeMutablePointer<socklen_t>?, _ flags: Int32) -> Int32 {
-    bsd { () throws(Errno) -> Int32 in
-        guard let s = try ClientState.shared.socket(fd) as? StreamSocket else { throw Errno(EOPNOTSUPP) }
+    onSocket(fd) { s throws(Errno) -> Int32 in
+        guard let s = s as? StreamSocket else { throw Errno(EOPNOTSUPP) }
         guard flags & ~(Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)) == 0 else { throw Errno(EINVAL) }
         let (connection, peer) = try s.accept(flags: flags)
         ClientState.shared.register(connection)
@@ -423,7 +431,7 @@ public func sko_poll(_ fds: UnsafeMutablePointer<pollfd>?, _ nfds: UInt, _ timeo
     bsd { () throws(Errno) -> Int32 in
         guard nfds == 0 || fds != nil else { throw Errno(EFAULT) }
         let entries = UnsafeMutableBufferPointer(start: fds, count: Int(nfds))
-        let sockets = entries.map { try? ClientState.shared.socket($0.fd) }
+        let sockets = entries.map { try? ClientState.shared.lookup($0.fd) }
         let deadline = timeout < 0 ? nil : monotonicNanoseconds() + UInt64(timeout) * 1_000_000
         var scratch = entries.map { pollfd(fd: $0.fd, events: $0.events, revents: 0) }
         while true {

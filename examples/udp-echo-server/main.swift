@@ -61,9 +61,38 @@ struct UDPEchoServer: ParsableCommand {
                         break
                     }
                     guard let from else { continue }
-                    _ = try buffer.withUnsafeBytes { try sockets[i].send(UnsafeRawBufferPointer(rebasing: $0[0..<count]), to: from) }
+                    try buffer.withUnsafeBytes { try echo(UnsafeRawBufferPointer(rebasing: $0[0..<count]), to: from, on: sockets[i]) }
                 }
             }
+        }
+    }
+
+    /// How long one echo may wait for room in a full send ring before it is dropped.
+    static let sendWaitMilliseconds: UInt64 = 1000
+
+    /// Sends one echo. Under a flood the send ring fills and `sendto` says EAGAIN: wait for room
+    /// (POLLOUT, at most `sendWaitMilliseconds`), then drop the echo as UDP would, and go on serving.
+    /// An echo the stack refuses for this peer (unreachable, ...) is dropped too.
+    /// - Throws: only when the socket server is gone (ENETDOWN): nothing more can be served.
+    func echo(_ bytes: UnsafeRawBufferPointer, to peer: SocketAddress, on socket: Socket) throws {
+        let deadline = monotonicNanoseconds() + Self.sendWaitMilliseconds * 1_000_000
+        var roomReported = false
+        while true {
+            let failure: SocketError
+            do {
+                try socket.send(bytes, to: peer)
+                return
+            } catch {
+                failure = error
+            }
+            if failure.errno.rawValue == ENETDOWN { throw failure }
+            guard failure.errno.rawValue == EAGAIN else { return }
+            // Room for one buffer is not always room for this datagram: then look again shortly.
+            if roomReported { usleep(1000) }
+            let now = monotonicNanoseconds()
+            guard now < deadline else { return }
+            var pfd = pollfd(fd: socket.fileDescriptor, events: Int16(POLLOUT), revents: 0)
+            roomReported = sko_poll(&pfd, 1, Int32((deadline - now) / 1_000_000) + 1) > 0
         }
     }
 }
