@@ -167,8 +167,10 @@ struct Scribbler {
             if transport == .processVM && layout.kind == .datagram {
                 let item = Int(CSHIMS_DATAGRAM_ITEM_SIZE), guarded = MemoryLayout<cshims_datagram_item>.offset(of: \.length)!
                 s.trustedRanges += (0..<geometry.datagramItems).map { offset + layout.sendData + $0 * item }.map { $0..<($0 + guarded) }
-                let head = offset + layout.sendRing + Int(CSHIMS_BIPARTITE_HEAD)
-                s.trustedRanges.append(head..<(head + 4))
+                for index in [CSHIMS_BIPARTITE_HEAD, CSHIMS_BIPARTITE_TAIL] {
+                    let at = offset + layout.sendRing + Int(index)
+                    s.trustedRanges.append(at..<(at + 4))
+                }
             }
         }
         s.headerFields = s.fields.filter { $0.kind.isHeader }
@@ -243,9 +245,9 @@ struct Scribbler {
     private func mutate(_ s: Session, targeted: Bool, _ rng: inout SeededRandom, round: Int) {
         if !targeted && rng.oneIn(8) {
             let offset = Int(CSHIMS_SEGMENT_HEADER_SIZE) + rng.below(s.allocatedEnd - Int(CSHIMS_SEGMENT_HEADER_SIZE) - 8)
-            // With process-vm, the payload and capacity of send items (and the send ring's head, which
-            // says which items are live) say where in the server the library writes: that transport
-            // trusts the client with the server's memory (README).
+            // With process-vm, the payload and capacity of send items (and the send ring's indices,
+            // which say which items are live) say where in the server the library writes: that
+            // transport trusts the client with the server's memory (README).
             if s.trustedRanges.contains(where: { offset < $0.upperBound && $0.lowerBound < offset + 8 }) { return }
             let value = rng.next()
             (s.segment.base + offset).storeBytes(of: value, as: UInt64.self)

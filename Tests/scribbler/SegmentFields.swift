@@ -100,15 +100,15 @@ func channelFields(_ name: String, offset: Int, layout: ChannelLayout, geometry:
         let count = UInt32(geometry.datagramItems)
         let item = Int(CSHIMS_DATAGRAM_ITEM_SIZE)
         for (ring, base, items) in [("rx", layout.receiveRing, layout.receiveData), ("tx", layout.sendRing, layout.sendData)] {
-            // With process-vm the send ring's head says which items hold live server buffers: moved
-            // forward, it makes the library write into buffers the server already freed (the same
-            // trust as the items' payload, below), so it is left alone there too.
-            if ring == "rx" || transport != .processVM {
-                fields.append(at("\(ring).head", base + Int(CSHIMS_BIPARTITE_HEAD), 4, .ringIndex(capacity: count)))
-            }
+            // With process-vm the send ring's indices say which items hold live server buffers the
+            // library may write into: a head moved forward, or a tail moved forward (the server then
+            // sends and frees buffers the library still fills), makes the library write into freed
+            // server memory. That is the trust of the items' payload (below), so they are left alone.
+            let trusted = ring == "tx" && transport == .processVM
+            if !trusted { fields.append(at("\(ring).head", base + Int(CSHIMS_BIPARTITE_HEAD), 4, .ringIndex(capacity: count))) }
             fields.append(at("\(ring).reclaimed", base + Int(CSHIMS_BIPARTITE_RECLAIMED), 4, .ringIndex(capacity: count)))
             fields.append(at("\(ring).drops", base + Int(CSHIMS_BIPARTITE_DROPS), 8, .counter))
-            fields.append(at("\(ring).tail", base + Int(CSHIMS_BIPARTITE_TAIL), 4, .ringIndex(capacity: count)))
+            if !trusted { fields.append(at("\(ring).tail", base + Int(CSHIMS_BIPARTITE_TAIL), 4, .ringIndex(capacity: count))) }
             for k in 0..<geometry.datagramItems {
                 let i = items + k * item
                 // With process-vm the library copies a datagram to the server address in a send item:
