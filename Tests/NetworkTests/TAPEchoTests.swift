@@ -3,11 +3,11 @@ import Testing
 
 /// Kernel programs as the peers of the stack's applications, over the TAP link, IPv4 and IPv6: the
 /// kernel's clients against our echo servers, and our echo clients against the kernel's echo servers.
-@Suite("TAP: kernel programs as peers")
+@Suite("TAP: kernel programs as peers", .enabled(if: TAPNetwork.available, "needs root and /dev/net/tun"))
 struct TAPEchoTests {
     @Test("kernel clients through udp-echo-server and tcp-echo-server on the stack")
     func kernelClientsAgainstStackServers() throws {
-        guard let net = try TAPNetwork.make("kclients", subnet: 2) else { return }
+        let net = try TAPNetwork.make("kclients", subnet: 2)
         defer { net.teardown() }
         try net.startServer()
         let udpServer = try net.startStack("udp-echo-server", ["--socket-path", net.socketPath, "--port", "7007"])
@@ -37,7 +37,7 @@ struct TAPEchoTests {
 
     @Test("udp-echo-client and tcp-echo-client on the stack against kernel socat echo servers")
     func stackClientsAgainstKernelServers() throws {
-        guard let net = try TAPNetwork.make("sclients", subnet: 3) else { return }
+        let net = try TAPNetwork.make("sclients", subnet: 3)
         defer { net.teardown() }
         // Both ends capture, so that a failure can tell where datagrams went missing (the stack's
         // capture is kept with NETWORK_TESTS_KEEP=1; the kernel's tail goes into the failure message).
@@ -75,7 +75,7 @@ struct TAPEchoTests {
     /// (The stack once reset such connections about half the time: see TCPSocket.closeByApp.)
     @Test("a stack reader that reads to end of stream and closes sends FIN, not RST")
     func readToEndThenCloseSendsFIN() throws {
-        guard let net = try TAPNetwork.make("fin", subnet: 9) else { return }
+        let net = try TAPNetwork.make("fin", subnet: 9)
         defer { net.teardown() }
         try net.startServer()
         let file = try net.randomFile("data.bin", bytes: 300_000)
