@@ -1,5 +1,8 @@
 import TestSupport
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Kernel programs as the peers of the stack's applications, over the TAP link, IPv4 and IPv6: the
 /// kernel's clients against our echo servers, and our echo clients against the kernel's echo servers.
@@ -78,6 +81,10 @@ struct TAPEchoTests {
         let net = try TAPNetwork.make("fin", subnet: 9)
         defer { net.teardown() }
         try net.startServer()
+        // A reset that follows the FIN does not fail the sender (it has seen the end of stream
+        // already): a kernel-side capture of every RST on the link does.
+        let resets = try net.startKernel(["tcpdump", "-i", net.tap, "-n", "-U", "-w", "\(net.directory)/resets.pcap", "tcp[tcpflags] & tcp-rst != 0"])
+        try #require(resets.waitForOutput("listening on", inErrorOutput: true), "\(resets.diagnostics)")
         let file = try net.randomFile("data.bin", bytes: 300_000)
         let sendScript = try net.script("tcp_send.py", KernelPeers.tcpSend)
         for round in 0..<12 {
@@ -91,5 +98,8 @@ struct TAPEchoTests {
             #expect(sink.finish(timeout: 20).status == .exited(0) && ChildProcess.fields(sink.output)["bytes"] == "300000", "round \(round): \(sink.diagnostics)")
         }
         #expect(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
+        #expect(resets.stop(SIGINT, grace: 5) == .exited(0), "\(resets.diagnostics)")
+        let read = try TestCommand.run(["tcpdump", "-n", "-r", "\(net.directory)/resets.pcap"], label: "tcpdump-resets", directory: net.directory)
+        #expect(read.succeeded && read.output.isEmpty, "RST segments on the link: \(read)")
     }
 }

@@ -22,15 +22,18 @@ struct ToolTests {
         for row in rows {
             let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: " ") }
             try #require(cells.count == 5, "malformed row \(row)")
-            #expect(Double(cells[3]) != nil, "stack value missing: \(row)")
+            // A number, finite and not negative ("nan" and "inf" parse as Doubles: not enough).
+            func measured(_ cell: String) -> Bool { Double(cell).map { $0.isFinite && $0 >= 0 } == true }
+            #expect(measured(cells[3]), "stack value missing or not a measurement: \(row)")
             if !cells[0].hasPrefix("Ring") {
-                #expect(Double(cells[2]) != nil, "kernel value missing: \(row)")
-                #expect(Double(cells[4]) != nil, "ratio missing: \(row)")
+                #expect(measured(cells[2]), "kernel value missing or not a measurement: \(row)")
+                #expect(measured(cells[4]), "ratio missing or not a measurement: \(row)")
             }
         }
         let text = try #require(ProcStats.readFile(json), "no JSON written")
         #expect(text.contains("\"results\""))
         #expect(!text.contains("\"stack\": null"))
+        #expect(!text.lowercased().contains("nan") && !text.contains("inf"), "a non-finite number in the JSON: \(text)")
     }
 
     /// A C program compiled against include/socket_offload.h and libSocketClientDynamic makes a UDP
