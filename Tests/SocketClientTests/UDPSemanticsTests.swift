@@ -123,7 +123,7 @@ enum UDPChecks {
         try Socket.configure(serverPath: serverPath, transport: wanted)
         let actual = try Socket.datagramTransport()
         try #require(actual == wanted, "connected with transport \(actual), asked for \(wanted)")
-        let body = try #require(all[check], "no check named \(check)")
+        let body = try #require(all[check] ?? PromiseChecks.all[check], "no check named \(check)")
         do {
             try body()
         } catch {
