@@ -103,6 +103,17 @@ final class TAPNetwork {
         }
     }
 
+    /// Further TAP devices the test added (`addTAP`), deleted by `teardown`.
+    private var extraDevices: [String] = []
+
+    /// Adds a TAP device `name` to the namespace with the kernel's `kernelAddress` (CIDR) on it.
+    func addTAP(_ name: String, kernelAddress: String) throws {
+        try inside(["ip", "tuntap", "add", "dev", name, "mode", "tap"])
+        extraDevices.append(name)
+        try inside(["ip", "addr", "add", kernelAddress, "dev", name])
+        try inside(["ip", "link", "set", name, "up"])
+    }
+
     // MARK: commands
 
     /// A command in the host's namespace that must succeed.
@@ -160,6 +171,8 @@ final class TAPNetwork {
     // MARK: the server
 
     /// Starts `socket-server` inside the namespace on the TAP device and waits until it serves.
+    /// - Parameter extraArguments: options after the TAP's own, e.g. `--mac`, `--mtu` for it, or a
+    ///   further `--tap`.
     func startServer(extraArguments: [String] = []) throws {
         let arguments = [TestBinaries.path("socket-server"), "--socket-path", socketPath,
                          "--tap", tap, "--address", "\(stackIPv4)/24", "--address", "\(stackIPv6)/64",
@@ -234,11 +247,12 @@ final class TAPNetwork {
                 Issue.record("teardown of \(label): \(error)", sourceLocation: sourceLocation)
             }
         }
-        for device in relayed ? [tap, relayDevice, kernelDevice, bridge] : [tap] {
+        let devices = (relayed ? [tap, relayDevice, kernelDevice, bridge] : [tap]) + extraDevices
+        for device in devices {
             step(["ip", "-n", namespace, "link", "del", device])
         }
         step(["ip", "netns", "del", namespace])
-        for leftover in Self.leftovers(namespace: namespace, devices: relayed ? [tap, relayDevice, kernelDevice, bridge] : [tap]) {
+        for leftover in Self.leftovers(namespace: namespace, devices: devices) {
             Issue.record("teardown of \(label): \(leftover) still exists", sourceLocation: sourceLocation)
         }
         // NETWORK_TESTS_KEEP=1 keeps the directory (logs, captures) for a post-mortem.
