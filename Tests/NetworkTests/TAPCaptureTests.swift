@@ -4,7 +4,7 @@ import Testing
 import Glibc
 #endif
 
-/// `--capture FILE`: the pcapng file the server writes is read back by tcpdump after a clean stop,
+/// `--capture FILE`: the pcapng file the server writes is read back by tcpdump (and tshark) after a clean stop,
 /// and it accounts for every payload byte of a set of UDP and TCP transfers over the TAP link.
 ///
 /// What the capture must contain, on a clean link (no impairment):
@@ -56,6 +56,12 @@ struct TAPCaptureTests {
         try #require(dump.succeeded, "\(dump)")
         #expect(!dump.errorOutput.contains("truncated") && !dump.errorOutput.lowercased().contains("warning"), "\(dump.errorOutput)")
         let summary = CaptureSummary(tcpdump: dump.output)
+        // tshark reads the same file and finds the same UDP datagrams (count and payload bytes).
+        let shark = try TestCommand.run(["tshark", "-r", capture, "-Y", "udp.port == 9001 || udp.port == 9002", "-T", "fields", "-e", "udp.length"],
+                                        label: "tshark", directory: net.directory, timeoutSeconds: 60)
+        let lengths = shark.output.split(separator: "\n").compactMap { Int($0) }
+        #expect(shark.succeeded && lengths.count == 2 * (100 + 80) && lengths.reduce(0) { $0 + $1 - 8 } == 2 * (100_000 + 96_000),
+                "tshark -r: \(lengths.count) datagrams, \(lengths.reduce(0) { $0 + $1 - 8 }) payload bytes\n\(shark)")
         #expect(summary.unparsed.isEmpty, "tcpdump lines the test does not understand: \(summary.unparsed.prefix(5))")
 
         for (flow, totals) in summary.udp.sorted(by: { $0.key.description < $1.key.description }) {

@@ -107,6 +107,26 @@ struct PromiseLimitsTests {
         #expect(r.line == "round-trip=ok transport=shared-memory", "\(r.diagnostics)\n\(server.log)")
     }
 
+    @Test("--cpu pins the stack thread; --numa-node binds each client segment to that node; a CPU that does not exist: exit 1",
+          .enabled(if: sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2, "needs 2 CPUs"),
+          .enabled(if: access("/sys/devices/system/node/node0", F_OK) == 0, "needs NUMA node 0 (libnuma)"))
+    func placement() throws {
+        let server = try ServerProcess(["--cpu", "1", "--numa-node", "0"])
+        defer { server.stop() }
+        // The event loop runs on the main thread, which the server pinned.
+        let status = ProcStats.readFile("/proc/\(server.pid)/task/\(server.pid)/status") ?? ""
+        let allowed = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+        #expect(allowed.map { $0.split(separator: "\t").last == "1" } == true, "stack thread: \(allowed ?? "no Cpus_allowed_list")")
+        let holder = try ChildProcess(TestBinaries.path("client-peer"), ["hold-sockets", "1", "--socket-path", server.socketPath])
+        let ready = holder.waitForLine(timeout: 20) { $0.hasPrefix("ready") || $0.hasPrefix("error") }
+        try #require(ready == "ready sockets=1", "client-peer: \(holder.diagnostics)")
+        let segment = (ProcStats.readFile("/proc/\(server.pid)/numa_maps") ?? "").split(separator: "\n").filter { $0.contains("socket-server-client") }
+        #expect(!segment.isEmpty && segment.allSatisfy { $0.contains(" bind:0 ") }, "the client segment's NUMA policy: \(segment)")
+        let bad = try ChildProcess.run(TestBinaries.path("socket-server"), ["--socket-path", server.socketPath + ".bad", "--cpu", "4095"], timeout: 20)
+        #expect(bad.status == .exited(1) && bad.errorOutput.contains("cannot pin"), "\(bad)")
+        #expect(access(server.socketPath + ".bad", F_OK) != 0)
+    }
+
     /// `auto`: the server offers process-vm to a client of its own uid, and the client proves the
     /// kernel lets it read the server's memory before it uses it. The client runs under strace, which
     /// makes every process_vm_readv fail with EPERM (as the kernel does for a non-dumpable or
