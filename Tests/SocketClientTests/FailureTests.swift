@@ -23,8 +23,9 @@ struct FailureTests {
         var description: String { "fds=\(descriptors) segment-fds=\(segmentDescriptors) segment-maps=\(segmentMappings)" }
     }
 
-    /// The counts once they have stopped changing (a readiness probe's session may still be closing).
-    static func settledCounts(_ server: ServerProcess) -> Counts {
+    /// The counts once they have stopped changing (a readiness probe's session may still be closing):
+    /// the same on two readings 50 ms apart, within 2.5 s, or the test fails here.
+    static func settledCounts(_ server: ServerProcess, sourceLocation: SourceLocation = #_sourceLocation) throws -> Counts {
         var last = Counts(server)
         for _ in 0..<50 {
             usleep(50_000)
@@ -32,6 +33,7 @@ struct FailureTests {
             if now == last { return now }
             last = now
         }
+        try #require(Bool(false), "the server's counts did not settle within 2.5 s: \(last)", sourceLocation: sourceLocation)
         return last
     }
 
@@ -51,7 +53,7 @@ struct FailureTests {
         // Another client, up for the whole test.
         let echo = try EchoServer(server, port: 7401)
         defer { echo.stop() }
-        let before = Self.settledCounts(server)
+        let before = try Self.settledCounts(server)
         try #require(before.descriptors > 0 && before.segmentMappings >= 1, "cannot read /proc/\(server.pid): \(before)")
 
         let peer = try ChildProcess(TestBinaries.path("client-peer"), ["hold-sockets", "100", "--socket-path", server.socketPath])
@@ -273,7 +275,7 @@ struct FailureTests {
     func malformedControlMessages() throws {
         let server = try ServerProcess()
         defer { server.stop() }
-        let before = Self.settledCounts(server)
+        let before = try Self.settledCounts(server)
         var rng = SystemRandomNumberGenerator()
         let request = ControlMessage(requestID: 2, .bind(handle: 1, address: SocketAddress(host: "127.0.0.1", port: 7421)!)).encoded()
         var big = Self.hello()
@@ -388,7 +390,7 @@ struct FailureTests {
     func clientThatDoesNotReadLosesItsSession() throws {
         let server = try ServerProcess()
         defer { server.stop() }
-        let before = Self.settledCounts(server)
+        let before = try Self.settledCounts(server)
         let c = try Self.session(server)
         // Valid requests (not malformed ones: those end a session after 16 by another rule), sent as
         // fast as the socket takes them, never reading a reply.
