@@ -4,7 +4,7 @@ import Testing
 import Glibc
 #endif
 
-/// `--capture FILE`: the pcapng file the server writes is read back by tcpdump after a clean stop,
+/// `--capture FILE`: the pcapng file the server writes is read back by tcpdump (and tshark) after a clean stop,
 /// and it accounts for every payload byte of a set of UDP and TCP transfers over the TAP link.
 ///
 /// What the capture must contain, on a clean link (no impairment):
@@ -15,16 +15,12 @@ import Glibc
 ///   is what the application sent that way; the FIN sits right after the last byte; there is no RST.
 ///   A byte may appear more than once only in a retransmission (a segment lying wholly inside
 ///   ranges already covered); the test reports how many such bytes there were.
-@Suite("TAP: packet capture")
+@Suite("TAP: packet capture", .enabled(if: TAPNetwork.available, "needs root and /dev/net/tun"))
 struct TAPCaptureTests {
     @Test("the capture of UDP and TCP transfers, read by tcpdump, holds every payload byte once per direction")
     func captureAccountsForEveryByte() throws {
-        guard let net = try TAPNetwork.make("capture", subnet: 8) else { return }
+        let net = try TAPNetwork.make("capture", subnet: 8)
         defer { net.teardown() }
-        guard TAPNetwork.inPath("tcpdump") else {
-            print("SKIPPED: NetworkTests capture: tcpdump is not installed")
-            return
-        }
         let capture = "\(net.directory)/capture.pcapng"
         try net.startServer(extraArguments: ["--capture", capture])
         _ = try net.startKernel(["socat", "UDP4-RECVFROM:9001,fork", "PIPE"])
@@ -60,6 +56,12 @@ struct TAPCaptureTests {
         try #require(dump.succeeded, "\(dump)")
         #expect(!dump.errorOutput.contains("truncated") && !dump.errorOutput.lowercased().contains("warning"), "\(dump.errorOutput)")
         let summary = CaptureSummary(tcpdump: dump.output)
+        // tshark reads the same file and finds the same UDP datagrams (count and payload bytes).
+        let shark = try TestCommand.run(["tshark", "-r", capture, "-Y", "udp.port == 9001 || udp.port == 9002", "-T", "fields", "-e", "udp.length"],
+                                        label: "tshark", directory: net.directory, timeoutSeconds: 60)
+        let lengths = shark.output.split(separator: "\n").compactMap { Int($0) }
+        #expect(shark.succeeded && lengths.count == 2 * (100 + 80) && lengths.reduce(0) { $0 + $1 - 8 } == 2 * (100_000 + 96_000),
+                "tshark -r: \(lengths.count) datagrams, \(lengths.reduce(0) { $0 + $1 - 8 }) payload bytes\n\(shark)")
         #expect(summary.unparsed.isEmpty, "tcpdump lines the test does not understand: \(summary.unparsed.prefix(5))")
 
         for (flow, totals) in summary.udp.sorted(by: { $0.key.description < $1.key.description }) {

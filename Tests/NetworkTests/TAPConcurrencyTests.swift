@@ -2,11 +2,11 @@ import TestSupport
 import Testing
 
 /// Many kernel connections at once to one stack application.
-@Suite("TAP: concurrent connections")
+@Suite("TAP: concurrent connections", .enabled(if: TAPNetwork.available, "needs root and /dev/net/tun"))
 struct TAPConcurrencyTests {
     @Test("200 concurrent kernel TCP connections served by tcp-echo-server, every byte verified")
     func twoHundredConnections() throws {
-        guard let net = try TAPNetwork.make("conc", subnet: 6) else { return }
+        let net = try TAPNetwork.make("conc", subnet: 6)
         defer { net.teardown() }
         try net.startServer()
         let server = try net.startStack("tcp-echo-server", ["--socket-path", net.socketPath, "--port", "7008"])

@@ -1,13 +1,16 @@
 import TestSupport
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Kernel programs as the peers of the stack's applications, over the TAP link, IPv4 and IPv6: the
 /// kernel's clients against our echo servers, and our echo clients against the kernel's echo servers.
-@Suite("TAP: kernel programs as peers")
+@Suite("TAP: kernel programs as peers", .enabled(if: TAPNetwork.available, "needs root and /dev/net/tun"))
 struct TAPEchoTests {
     @Test("kernel clients through udp-echo-server and tcp-echo-server on the stack")
     func kernelClientsAgainstStackServers() throws {
-        guard let net = try TAPNetwork.make("kclients", subnet: 2) else { return }
+        let net = try TAPNetwork.make("kclients", subnet: 2)
         defer { net.teardown() }
         try net.startServer()
         let udpServer = try net.startStack("udp-echo-server", ["--socket-path", net.socketPath, "--port", "7007"])
@@ -37,12 +40,12 @@ struct TAPEchoTests {
 
     @Test("udp-echo-client and tcp-echo-client on the stack against kernel socat echo servers")
     func stackClientsAgainstKernelServers() throws {
-        guard let net = try TAPNetwork.make("sclients", subnet: 3) else { return }
+        let net = try TAPNetwork.make("sclients", subnet: 3)
         defer { net.teardown() }
         // Both ends capture, so that a failure can tell where datagrams went missing (the stack's
         // capture is kept with NETWORK_TESTS_KEEP=1; the kernel's tail goes into the failure message).
         try net.startServer(extraArguments: ["--capture", "\(net.directory)/capture.pcapng"])
-        let dump = try net.startKernel(["tcpdump", "-i", net.tap, "-n", "-U", "-w", "\(net.directory)/kernel.pcap"])
+        let dump = try net.startKernel(["tcpdump", "-Z", "root", "--immediate-mode", "-i", net.tap, "-n", "-U", "-w", "\(net.directory)/kernel.pcap"])
         try #require(dump.waitForOutput("listening on", inErrorOutput: true), "\(dump.diagnostics)")
         _ = try net.startKernel(["socat", "UDP4-RECVFROM:9001,fork", "PIPE"])
         _ = try net.startKernel(["socat", "UDP6-RECVFROM:9002,fork", "PIPE"])
@@ -75,9 +78,14 @@ struct TAPEchoTests {
     /// (The stack once reset such connections about half the time: see TCPSocket.closeByApp.)
     @Test("a stack reader that reads to end of stream and closes sends FIN, not RST")
     func readToEndThenCloseSendsFIN() throws {
-        guard let net = try TAPNetwork.make("fin", subnet: 9) else { return }
+        let net = try TAPNetwork.make("fin", subnet: 9)
         defer { net.teardown() }
         try net.startServer()
+        // A reset that follows the FIN does not fail the sender (it has seen the end of stream
+        // already): a kernel-side capture of the link does. (--immediate-mode: without it tcpdump
+        // hands over packets in blocks, and those still buffered when it is stopped are lost.)
+        let capture = try net.startKernel(["tcpdump", "-Z", "root", "--immediate-mode", "-i", net.tap, "-n", "-U", "-w", "\(net.directory)/link.pcap"])
+        try #require(capture.waitForOutput("listening on", inErrorOutput: true), "\(capture.diagnostics)")
         let file = try net.randomFile("data.bin", bytes: 300_000)
         let sendScript = try net.script("tcp_send.py", KernelPeers.tcpSend)
         for round in 0..<12 {
@@ -91,5 +99,13 @@ struct TAPEchoTests {
             #expect(sink.finish(timeout: 20).status == .exited(0) && ChildProcess.fields(sink.output)["bytes"] == "300000", "round \(round): \(sink.diagnostics)")
         }
         #expect(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
+        #expect(capture.stop(SIGINT, grace: 5) == .exited(0), "\(capture.diagnostics)")
+        let read = try TestCommand.run(["tcpdump", "-n", "-r", "\(net.directory)/link.pcap", "tcp"], label: "tcpdump-link", directory: net.directory)
+        let segments = read.output.split(separator: "\n")
+        // Every round's FIN from the stack is in the capture (so the capture saw the closes), no RST.
+        let stackFINs = segments.filter { $0.contains("Flags [F") && ($0.contains(" \(net.stackIPv4).51") || $0.contains(" \(net.stackIPv6).51")) }
+        #expect(read.succeeded && stackFINs.count >= 12, "the stack's FINs in the capture: \(stackFINs.count)\n\(read.errorOutput)")
+        let resetSegments = segments.filter { $0.contains("Flags [R") }
+        #expect(resetSegments.isEmpty, "RST segments on the link: \(resetSegments)")
     }
 }

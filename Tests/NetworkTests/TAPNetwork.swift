@@ -30,21 +30,21 @@ final class TAPNetwork {
     var kernelIPv6: String { "fd00:77:\(subnet)::1" }
     var stackIPv6: String { "fd00:77:\(subnet)::2" }
 
-    /// Why these tests cannot run here, or nil when they can.
-    static var skipReason: String? {
-        if getuid() != 0 { return "not root (network namespaces and TAP devices need CAP_NET_ADMIN)" }
-        if access("/dev/net/tun", R_OK | W_OK) != 0 { return "/dev/net/tun is missing" }
-        for tool in ["ip", "python3"] where !inPath(tool) { return "\(tool) is not installed" }
-        return nil
-    }
+    /// True when this machine can run the network tests: root (network namespaces and TAP devices
+    /// need CAP_NET_ADMIN) and /dev/net/tun. The only reason a network test is skipped: where these
+    /// are present, a missing tool is a failure (`scripts/setup.sh` installs them all).
+    static let available: Bool = getuid() == 0 && access("/dev/net/tun", R_OK | W_OK) == 0
+
+    /// Every program the network tests run (`scripts/setup.sh` installs them).
+    static let requiredTools = ["ip", "python3", "tcpdump", "tshark", "socat", "nc", "ping", "ss", "sysctl", "sha256sum", "head", "rm"]
 
     static func inPath(_ tool: String) -> Bool {
         let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin"
         return path.split(separator: ":").contains { access("\($0)/\(tool)", X_OK) == 0 }
     }
 
-    /// Creates the namespace and its TAP device, or prints `SKIPPED: <reason>` and returns nil when
-    /// the machine cannot run network tests.
+    /// Creates the namespace and its TAP device.
+    /// - Throws: `SetupError` when a tool the tests need is missing, or a setup command fails.
     ///
     /// With `relayed`, the kernel's addresses are not on the stack's TAP device but on a second one,
     /// `kernelDevice`, and the two are joined through a bridge and a third TAP device,
@@ -52,10 +52,10 @@ final class TAPNetwork {
     /// (`KernelPeers.impairRelay`) then carries every frame between the stack and the kernel.
     ///
     ///     stack ⇄ tap ⇄ bridge ⇄ relayDevice ⇄ relay process ⇄ kernelDevice ⇄ kernel (10.77.N.1)
-    static func make(_ label: String, subnet: Int, relayed: Bool = false) throws -> TAPNetwork? {
-        if let reason = skipReason {
-            print("SKIPPED: NetworkTests \(label): \(reason)")
-            return nil
+    static func make(_ label: String, subnet: Int, relayed: Bool = false) throws -> TAPNetwork {
+        let missing = requiredTools.filter { !inPath($0) }
+        guard missing.isEmpty else {
+            throw SetupError(description: "NetworkTests \(label): \(missing.joined(separator: ", ")) not installed (run scripts/setup.sh)")
         }
         return try TAPNetwork(label: label, subnet: subnet, relayed: relayed)
     }
@@ -101,6 +101,17 @@ final class TAPNetwork {
             teardown()
             throw error
         }
+    }
+
+    /// Further TAP devices the test added (`addTAP`), deleted by `teardown`.
+    private var extraDevices: [String] = []
+
+    /// Adds a TAP device `name` to the namespace with the kernel's `kernelAddress` (CIDR) on it.
+    func addTAP(_ name: String, kernelAddress: String) throws {
+        try inside(["ip", "tuntap", "add", "dev", name, "mode", "tap"])
+        extraDevices.append(name)
+        try inside(["ip", "addr", "add", kernelAddress, "dev", name])
+        try inside(["ip", "link", "set", name, "up"])
     }
 
     // MARK: commands
@@ -160,6 +171,8 @@ final class TAPNetwork {
     // MARK: the server
 
     /// Starts `socket-server` inside the namespace on the TAP device and waits until it serves.
+    /// - Parameter extraArguments: options after the TAP's own, e.g. `--mac`, `--mtu` for it, or a
+    ///   further `--tap`.
     func startServer(extraArguments: [String] = []) throws {
         let arguments = [TestBinaries.path("socket-server"), "--socket-path", socketPath,
                          "--tap", tap, "--address", "\(stackIPv4)/24", "--address", "\(stackIPv6)/64",
@@ -211,7 +224,9 @@ final class TAPNetwork {
 
     // MARK: teardown
 
-    func teardown() {
+    /// Undoes everything `make` and the test did, and checks that it is undone: a step that fails,
+    /// a namespace still listed or a device still present is recorded as an issue of the test.
+    func teardown(sourceLocation: SourceLocation = #_sourceLocation) {
         for p in processes.reversed() { p.stop(SIGTERM, grace: 3) }
         if let server { server.stop(SIGTERM, grace: 10) }
         // Anything still in the namespace (socat's forked children, a stuck script) was started by
@@ -224,17 +239,46 @@ final class TAPNetwork {
             for pid in pids { kill(pid, SIGKILL) }
             usleep(100_000)
         }
-        for device in relayed ? [tap, relayDevice, kernelDevice, bridge] : [tap] {
-            _ = try? TestCommand.run(["ip", "-n", namespace, "link", "del", device], label: nextLabel("linkdel"), directory: directory, timeoutSeconds: 10)
+        func step(_ arguments: [String]) {
+            do {
+                let r = try TestCommand.run(arguments, label: nextLabel(arguments[0]), directory: directory, timeoutSeconds: 10)
+                if !r.succeeded { Issue.record("teardown of \(label): \(r)", sourceLocation: sourceLocation) }
+            } catch {
+                Issue.record("teardown of \(label): \(error)", sourceLocation: sourceLocation)
+            }
         }
-        _ = try? TestCommand.run(["ip", "netns", "del", namespace], label: nextLabel("nsdel"), directory: directory, timeoutSeconds: 10)
-        // rm removes its own output files with the directory; its open descriptors do not mind.
+        let devices = (relayed ? [tap, relayDevice, kernelDevice, bridge] : [tap]) + extraDevices
+        for device in devices {
+            step(["ip", "-n", namespace, "link", "del", device])
+        }
+        step(["ip", "netns", "del", namespace])
+        for leftover in Self.leftovers(namespace: namespace, devices: devices) {
+            Issue.record("teardown of \(label): \(leftover) still exists", sourceLocation: sourceLocation)
+        }
         // NETWORK_TESTS_KEEP=1 keeps the directory (logs, captures) for a post-mortem.
         if getenv("NETWORK_TESTS_KEEP") != nil {
             print("NetworkTests \(label): kept \(directory)")
             return
         }
-        _ = try? TestCommand.run(["rm", "-rf", directory], label: nextLabel("rm"), directory: directory, timeoutSeconds: 30)
+        TestFiles.removeTree(directory)
+        if access(directory, F_OK) == 0 { Issue.record("teardown of \(label): \(directory) still exists", sourceLocation: sourceLocation) }
+    }
+
+    /// What is left of a network after its teardown: the namespace if `ip netns list` still lists it,
+    /// and each device the host's namespace has under one of `devices` (a device leaves a deleted
+    /// namespace for the host's when it cannot be destroyed).
+    static func leftovers(namespace: String, devices: [String]) -> [String] {
+        var found: [String] = []
+        if let list = try? ChildProcess.run("ip", ["netns", "list"], timeout: 10) {
+            if !list.succeeded { found.append("an unreadable namespace list (\(list))") }
+            if list.output.split(separator: "\n").contains(where: { $0.split(separator: " ").first.map(String.init) == namespace }) {
+                found.append("namespace \(namespace)")
+            }
+        } else {
+            found.append("an unreadable namespace list")
+        }
+        for device in devices where access("/sys/class/net/\(device)", F_OK) == 0 { found.append("device \(device) in the host") }
+        return found
     }
 }
 

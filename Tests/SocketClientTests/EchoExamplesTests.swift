@@ -106,3 +106,42 @@ final class EchoServer: @unchecked Sendable {
 
     deinit { stop() }
 }
+
+/// The transport a client reports is what it uses: udp-echo-client runs under strace, which counts
+/// its `process_vm_readv` and `process_vm_writev` calls. With process-vm every datagram crosses by
+/// one of each (the send into lwIP's pbuf, the receive out of one); with shared memory there are
+/// none at all.
+@Suite("Datagram transports, observed")
+struct TransportObservedTests {
+    @Test("process-vm moves each datagram with process_vm_writev/readv; shared-memory never calls them",
+          arguments: ["process-vm", "shared-memory"])
+    func payloadCrossesByTheReportedTransport(_ transport: String) throws {
+        let server = try ServerProcess()
+        defer { server.stop() }
+        let port: UInt16 = transport == "process-vm" ? 7121 : 7122
+        let echo = try EchoServer(server, port: port)
+        defer { echo.stop() }
+        let count = 200
+        let trace = server.socketPath + ".strace"
+        defer { unlink(trace) }
+        // strace waits for every child of its own, and the tether's watcher would be one if strace
+        // were the program: a shell runs it instead (and keeps the watcher).
+        let client = try ChildProcess("/bin/sh", ["-c", "strace \"$@\"; status=$?; exit $status", "sh", "-f", "-qq", "-e", "trace=process_vm_readv,process_vm_writev", "-o", trace,
+                                                 TestBinaries.path("udp-echo-client"), "127.0.0.1", String(port), "--count", String(count),
+                                                 "--size", "100", "--timeout", "10000", "--transport", transport, "--socket-path", server.socketPath],
+                                      name: "strace-udp-echo-client")
+        let (status, output) = client.finish(timeout: 90)
+        #expect(status == .exited(0), "\(client.diagnostics)")
+        let report = ChildProcess.fields(output.last(where: { $0.hasPrefix("sent=") }) ?? "")
+        #expect(report["received"] == String(count) && report["transport"] == transport, "\(output)")
+        let lines = (TestFiles.read(trace) ?? "").split(separator: "\n")
+        // Successful calls only ("= -1" would be a failed one).
+        let writes = lines.filter { $0.contains("process_vm_writev(") && !$0.contains("= -1") }.count
+        let reads = lines.filter { $0.contains("process_vm_readv(") && !$0.contains("= -1") }.count
+        if transport == "process-vm" {
+            #expect(writes >= count && reads >= count, "process_vm_writev \(writes), process_vm_readv \(reads) for \(count) echoed datagrams")
+        } else {
+            #expect(writes == 0 && reads == 0, "process_vm_writev \(writes), process_vm_readv \(reads) with shared memory")
+        }
+    }
+}

@@ -23,8 +23,9 @@ struct FailureTests {
         var description: String { "fds=\(descriptors) segment-fds=\(segmentDescriptors) segment-maps=\(segmentMappings)" }
     }
 
-    /// The counts once they have stopped changing (a readiness probe's session may still be closing).
-    static func settledCounts(_ server: ServerProcess) -> Counts {
+    /// The counts once they have stopped changing (a readiness probe's session may still be closing):
+    /// the same on two readings 50 ms apart, within 2.5 s, or the test fails here.
+    static func settledCounts(_ server: ServerProcess, sourceLocation: SourceLocation = #_sourceLocation) throws -> Counts {
         var last = Counts(server)
         for _ in 0..<50 {
             usleep(50_000)
@@ -32,6 +33,7 @@ struct FailureTests {
             if now == last { return now }
             last = now
         }
+        try #require(Bool(false), "the server's counts did not settle within 2.5 s: \(last)", sourceLocation: sourceLocation)
         return last
     }
 
@@ -51,7 +53,7 @@ struct FailureTests {
         // Another client, up for the whole test.
         let echo = try EchoServer(server, port: 7401)
         defer { echo.stop() }
-        let before = Self.settledCounts(server)
+        let before = try Self.settledCounts(server)
         try #require(before.descriptors > 0 && before.segmentMappings >= 1, "cannot read /proc/\(server.pid): \(before)")
 
         let peer = try ChildProcess(TestBinaries.path("client-peer"), ["hold-sockets", "100", "--socket-path", server.socketPath])
@@ -81,59 +83,104 @@ struct FailureTests {
 
     // MARK: the server killed under a blocked client
 
-    @Test("SIGKILL of the server: a blocked recvfrom returns ENETDOWN, later calls fail, no SIGPIPE")
+    /// Starts client-peer in `mode` on `port` and waits until its main thread is blocked in a syscall
+    /// that waits (proven from /proc, not assumed after a sleep).
+    static func blockedPeer(_ server: ServerProcess, _ mode: String, port: UInt16) throws -> ChildProcess {
+        let peer = try ChildProcess(TestBinaries.path("client-peer"), [mode, String(port), "--socket-path", server.socketPath], stdin: .pipe)
+        let ready = peer.waitForLine(timeout: 20) { $0 == "ready" || $0.hasPrefix("error") }
+        try #require(ready == "ready", "client-peer: \(peer.diagnostics)")
+        let notBlocked = ProcStats.waitUntilBlocked(pid: peer.pid, timeout: 10)
+        try #require(notBlocked == nil, "\(notBlocked ?? "")\n\(peer.diagnostics)")
+        return peer
+    }
+
+    /// The next line of `peer` that starts with `prefix`, as fields (a failure if none within 5 s).
+    static func line(_ peer: ChildProcess, _ prefix: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: String] {
+        let line = peer.waitForLine(timeout: 5) { $0.hasPrefix(prefix) }
+        let found = try #require(line, "no \(prefix) line within 5 s: \(peer.diagnostics)", sourceLocation: sourceLocation)
+        return ChildProcess.fields(found)
+    }
+
+    @Test("SIGKILL of the server: a blocked recvfrom returns ENETDOWN, so does every later call on it; the next socket reaches a new server")
     func serverKilledUnderBlockedReceive() throws {
         let server = try ServerProcess()
         defer { server.stop() }
-        let peer = try ChildProcess(TestBinaries.path("client-peer"), ["blocked-recv", "7411", "--socket-path", server.socketPath])
-        let ready = peer.waitForLine(timeout: 20) { $0 == "ready" || $0.hasPrefix("error") }
-        try #require(ready == "ready", "client-peer: \(peer.diagnostics)")
-        usleep(100_000) // let it get into recvfrom (if not, recvfrom must find the server dead anyway)
-        #expect(peer.isRunning, "client-peer: \(peer.diagnostics)")
+        let peer = try Self.blockedPeer(server, "blocked-recv", port: 7411)
 
         server.crash()
         // ENETDOWN is what ClientSocket.waitFor throws when the control socket hangs up.
-        let received = peer.waitForLine(timeout: 5) { $0.hasPrefix("recv=") }
-        try #require(received != nil, "recvfrom did not return within 5 s of the server's death: \(peer.diagnostics)")
-        let r = ChildProcess.fields(received!)
-        #expect(r["recv"] == "-1")
-        #expect(r["errno"] == String(ENETDOWN), "recvfrom: \(received!)")
-
+        let r = try Self.line(peer, "recv=")
+        #expect(r["recv"] == "-1" && r["errno"] == String(ENETDOWN), "recvfrom: \(r)")
+        // Every later call on the old descriptor: ENETDOWN.
+        for call in ["again", "send"] {
+            let later = try Self.line(peer, "\(call)=")
+            #expect(later[call] == "-1" && later["errno"] == String(ENETDOWN), "\(call) on the old descriptor: \(later)")
+        }
         // The library reconnects on the next call: the path has a stale socket file and nobody
         // listening, so that is ECONNREFUSED -- or, when the connect got into the dying server's
         // listen backlog just before the kernel closed it, ECONNRESET (or EPIPE on HELLO's send).
-        // Seen in practice: both ECONNREFUSED and ECONNRESET, from run to run.
-        let again = peer.waitForLine(timeout: 5) { $0.hasPrefix("socket=") }
-        try #require(again != nil, "sko_socket did not return within 5 s: \(peer.diagnostics)")
-        let s = ChildProcess.fields(again!)
+        let s = try Self.line(peer, "socket=")
         #expect(s["socket"] == "-1")
-        #expect([ECONNREFUSED, ECONNRESET, EPIPE].map { String($0) }.contains(s["errno"] ?? ""),
-                "sko_socket after the server died: \(again!)")
+        #expect([ECONNREFUSED, ECONNRESET, EPIPE].map { String($0) }.contains(s["errno"] ?? ""), "sko_socket after the server died: \(s)")
+        // A new server on the same path: the next call connects to it and works.
+        let second = try ServerProcess(socketPath: server.socketPath, logPath: server.socketPath + ".second.log")
+        defer { second.stop() }
+        peer.writeLine("reconnect")
+        let again = try Self.line(peer, "round-trip=")
+        #expect(again["round-trip"] == "ok", "round trip through the new server: \(again)\n\(second.log)")
         // And the peer was not killed by a signal (SIGPIPE) on the way.
         let (status, _) = peer.finish(timeout: 5)
         #expect(status == .exited(0), "client-peer: \(peer.diagnostics)")
     }
 
-    @Test("SIGKILL of the server wakes an application blocked in its own poll(2); recv then says ENETDOWN")
-    func serverKilledUnderApplicationPoll() throws {
+    @Test("after the server died, ioctl(FIONREAD) on an old descriptor fails with ENETDOWN too",
+          .disabled("bug: sko_ioctl(FIONREAD) on a socket of a dead server returns 0 and sets 0 (README: every later call returns ENETDOWN)"))
+    func ioctlAfterServerDeath() throws {
         let server = try ServerProcess()
         defer { server.stop() }
-        let peer = try ChildProcess(TestBinaries.path("client-peer"), ["polled-recv", "7412", "--socket-path", server.socketPath])
-        let ready = peer.waitForLine(timeout: 20) { $0 == "ready" || $0.hasPrefix("error") }
-        try #require(ready == "ready", "client-peer: \(peer.diagnostics)")
-        usleep(100_000)
-        #expect(peer.isRunning, "client-peer: \(peer.diagnostics)")
+        let peer = try Self.blockedPeer(server, "blocked-recv", port: 7414)
         server.crash()
-        // The library's watchdog sees the control socket hang up and makes the descriptor readable.
-        let woke = peer.waitForLine(timeout: 5) { $0.hasPrefix("poll=") }
-        try #require(woke != nil, "poll(2) on the socket did not return within 5 s of the server's death: \(peer.diagnostics)")
-        #expect(Int16(ChildProcess.fields(woke!)["poll"] ?? "0")! & Int16(POLLIN) != 0, "poll: \(woke!)")
-        let received = peer.waitForLine(timeout: 5) { $0.hasPrefix("recv=") }
-        try #require(received != nil, "recv did not return: \(peer.diagnostics)")
-        #expect(ChildProcess.fields(received!)["recv"] == "-1")
-        #expect(ChildProcess.fields(received!)["errno"] == String(ENETDOWN), "recv: \(received!)")
+        let r = try Self.line(peer, "fionread=")
+        #expect(r["fionread"] == "-1" && r["errno"] == String(ENETDOWN), "FIONREAD on the old descriptor: \(r)")
+        peer.writeLine("done")
+        _ = peer.finish(timeout: 5)
+    }
+
+    /// An application waiting in its own poll(2): for POLLIN on a UDP socket (`polled-recv`, then a
+    /// recv) or for POLLOUT on a TCP socket whose send side is full (`blocked-send`, then a send).
+    @Test("SIGKILL of the server wakes an application blocked in its own poll(2), for POLLIN or POLLOUT; the call after says ENETDOWN",
+          arguments: [("polled-recv", Int16(POLLIN), "recv", UInt16(7412)), ("blocked-send", Int16(POLLOUT), "send", UInt16(7413))])
+    func serverKilledUnderApplicationPoll(mode: String, event: Int16, call: String, port: UInt16) throws {
+        let server = try ServerProcess()
+        defer { server.stop() }
+        let peer = try Self.blockedPeer(server, mode, port: port)
+        server.crash()
+        // The library's watchdog sees the control socket hang up and makes the descriptor readable
+        // and writable.
+        let woke = try Self.line(peer, "poll=")
+        #expect(Int16(woke["poll"] ?? "0").map { $0 & event != 0 } == true, "\(mode): poll: \(woke)")
+        let r = try Self.line(peer, "\(call)=")
+        #expect(r[call] == "-1" && r["errno"] == String(ENETDOWN), "\(mode): \(call): \(r)")
         let (status, _) = peer.finish(timeout: 5)
         #expect(status == .exited(0), "client-peer: \(peer.diagnostics)")
+    }
+
+    // MARK: a clean stop
+
+    @Test("SIGTERM, SIGINT and SIGHUP each stop the server with a client connected: exit status 0, socket file removed",
+          arguments: [SIGTERM, SIGINT, SIGHUP])
+    func cleanStopOnSignal(_ signal: Int32) throws {
+        let server = try ServerProcess()
+        defer { server.stop() }
+        let peer = try ChildProcess(TestBinaries.path("client-peer"), ["hold-sockets", "5", "--socket-path", server.socketPath])
+        let ready = peer.waitForLine(timeout: 20) { $0.hasPrefix("ready") || $0.hasPrefix("error") }
+        try #require(ready == "ready sockets=5", "client-peer: \(peer.diagnostics)")
+        try #require(access(server.socketPath, F_OK) == 0)
+        server.process.kill(signal)
+        let status = server.process.waitForExit(timeout: 10)
+        #expect(status == .exited(0), "signal \(signal): \(status.map { "\($0)" } ?? "still running after 10 s")\n\(server.log)")
+        #expect(access(server.socketPath, F_OK) != 0, "signal \(signal): the socket file is still there")
+        #expect(server.log.contains("signal \(signal): shutting down"), "\(server.log)")
     }
 
     // MARK: hostile control messages
@@ -151,12 +198,6 @@ struct FailureTests {
             case .closed: return "session closed"
             case .timedOut: return "no reply within 5 s"
             }
-        }
-
-        /// What a server may do with a malformed message: say so, or hang up.
-        var isErrorOrClose: Bool {
-            if case .reply(_, .error) = self { return true }
-            return self == .closed
         }
     }
 
@@ -211,53 +252,69 @@ struct FailureTests {
         ControlMessage(requestID: 1, .hello(version: ControlMessage.version, transport: .sharedMemory)).encoded()
     }
 
-    @Test("garbage, truncated, oversized, fd-carrying and out-of-order control messages")
+    static let badMessage = Outcome.reply(requestID: 0, .error(EBADMSG))
+
+    /// A session that has said HELLO.
+    static func session(_ server: ServerProcess) throws -> RawConnection {
+        let c = try RawConnection(server.socketPath)
+        try c.send(Self.hello())
+        let o = c.next()
+        guard case .reply(1, .hello) = o else { throw TestSupportError("HELLO was answered with \(o)") }
+        return c
+    }
+
+    /// A valid request is answered: the session is open. (getsockname of a handle that does not
+    /// exist: EBADF, a reply that changes nothing.)
+    static func stillServes(_ c: RawConnection, id: UInt32) -> Outcome? {
+        do { try c.send(ControlMessage(requestID: id, .getsockname(handle: 999)).encoded()) } catch { return .closed }
+        let o = c.next()
+        return o == .reply(requestID: id, .error(EBADF)) ? nil : o
+    }
+
+    @Test("each kind of malformed control message gets one EBADMSG reply and the session goes on")
     func malformedControlMessages() throws {
         let server = try ServerProcess()
         defer { server.stop() }
-        let before = Self.settledCounts(server)
+        let before = try Self.settledCounts(server)
         var rng = SystemRandomNumberGenerator()
-
-        // Random bytes.
-        do {
+        let request = ControlMessage(requestID: 2, .bind(handle: 1, address: SocketAddress(host: "127.0.0.1", port: 7421)!)).encoded()
+        var big = Self.hello()
+        big += [UInt8](repeating: 0xAB, count: 4096 - big.count)
+        let cases: [(String, [UInt8])] = [
+            ("random bytes", (0..<64).map { _ in UInt8.random(in: 0...255, using: &rng) }),
+            ("a body cut short (the header declares the full length)", Array(request.prefix(request.count - 6))),
+            ("a header cut short", Array(request.prefix(ControlMessage.headerSize - 3))),
+            ("4 KiB (the limit is 512 bytes)", big),
+        ]
+        // Before HELLO and after it: the same reply, and the session still serves.
+        for (name, bytes) in cases {
             let c = try RawConnection(server.socketPath)
-            try c.send((0..<64).map { _ in UInt8.random(in: 0...255, using: &rng) })
+            try c.send(bytes)
             let o = c.next()
-            #expect(o.isErrorOrClose, "random bytes: \(o)")
-            #expect(o == .reply(requestID: 0, .error(EBADMSG)) || o == .closed, "random bytes: \(o)")
-        }
-        // A valid header whose body is cut short (the header still declares the full length).
-        do {
-            let c = try RawConnection(server.socketPath)
+            #expect(o == Self.badMessage, "\(name), before HELLO: \(o)")
             try c.send(Self.hello())
-            guard case .reply(_, .hello) = c.next() else { Issue.record("HELLO was not answered"); return }
-            let request = ControlMessage(requestID: 2, .bind(handle: 1, address: SocketAddress(host: "127.0.0.1", port: 7421)!)).encoded()
-            try c.send(Array(request.prefix(request.count - 6)))
-            let o = c.next()
-            #expect(o == .reply(requestID: 0, .error(EBADMSG)) || o == .closed, "short body: \(o)")
-            // A bare header with nothing after it.
-            try c.send(Array(request.prefix(ControlMessage.headerSize - 3)))
-            let o2 = c.next()
-            #expect(o2 == .reply(requestID: 0, .error(EBADMSG)) || o2 == .closed, "short header: \(o2)")
-            // The session still serves valid requests afterwards (or was closed, which is also fine).
-            if o2 != .closed {
-                try c.send(ControlMessage(requestID: 3, .socket(domain: AF_INET, type: Int32(SOCK_DGRAM.rawValue), protocol: 0)).encoded())
-                let o3 = c.next()
-                if case .reply(3, .socket) = o3 {} else { Issue.record("valid request after malformed ones: \(o3)") }
-            }
+            let hello = c.next()
+            if case .reply(1, .hello) = hello {} else { Issue.record("\(name): HELLO afterwards was answered with \(hello)") }
         }
-        // 4 KiB (the limit is 512 bytes).
         do {
-            let c = try RawConnection(server.socketPath)
-            var big = Self.hello()
-            big += [UInt8](repeating: 0xAB, count: 4096 - big.count)
-            try c.send(big)
-            let o = c.next()
-            #expect(o == .reply(requestID: 0, .error(EBADMSG)) || o == .closed, "4 KiB message: \(o)")
+            let c = try Self.session(server)
+            for (i, (name, bytes)) in cases.enumerated() {
+                try c.send(bytes)
+                let o = c.next()
+                #expect(o == Self.badMessage, "\(name), after HELLO: \(o)")
+                let open = Self.stillServes(c, id: 100 + UInt32(i))
+                #expect(open == nil, "after \(name) the session no longer serves: \(open.map { "\($0)" } ?? "")")
+            }
+            // A reply type sent as a request: EBADMSG to its request id.
+            try c.send(ControlMessage(requestID: 10, .error(EPERM)).encoded())
+            let replyAsRequest = c.next()
+            #expect(replyAsRequest == .reply(requestID: 10, .error(EBADMSG)), "a reply sent to the server: \(replyAsRequest)")
+            #expect(Self.stillServes(c, id: 11) == nil)
         }
-        // A descriptor attached (clients never send any): the server must not keep it. We send
-        // a pipe's write end with a valid HELLO and close ours; the read end sees EOF only once
-        // the server has closed its copy too.
+
+        // A descriptor attached (clients never send any): the request is served and the server does
+        // not keep the descriptor. We send a pipe's write end with a valid HELLO and close ours; the
+        // read end sees EOF only once the server has closed its copy too.
         do {
             var pipeFDs: [Int32] = [0, 0]
             try #require(pipe2(&pipeFDs, O_CLOEXEC) == 0)
@@ -266,54 +323,105 @@ struct FailureTests {
             try c.send(Self.hello(), descriptors: [pipeFDs[1]])
             close(pipeFDs[1])
             let o = c.next()
-            var served = false
-            if case .reply(_, .hello) = o { served = true }
-            #expect(served || o.isErrorOrClose, "HELLO with a descriptor attached: \(o)")
+            if case .reply(1, .hello) = o {} else { Issue.record("HELLO with a descriptor attached: \(o)") }
             var pfd = pollfd(fd: pipeFDs[0], events: Int16(POLLIN), revents: 0)
             #expect(poll(&pfd, 1, 5000) == 1 && pfd.revents & Int16(POLLHUP) != 0,
                     "the server still holds the descriptor we attached 5 s later")
         }
-        // A request before HELLO.
+        // A request before HELLO: ENOTCONN, and HELLO still works afterwards.
         do {
             let c = try RawConnection(server.socketPath)
             try c.send(ControlMessage(requestID: 9, .socket(domain: AF_INET, type: Int32(SOCK_DGRAM.rawValue), protocol: 0)).encoded())
             let o = c.next()
-            #expect(o == .reply(requestID: 9, .error(ENOTCONN)) || o == .closed, "socket before HELLO: \(o)")
+            #expect(o == .reply(requestID: 9, .error(ENOTCONN)), "socket before HELLO: \(o)")
+            try c.send(Self.hello())
+            let hello = c.next()
+            if case .reply(1, .hello) = hello {} else { Issue.record("HELLO after a request before HELLO: \(hello)") }
         }
-        // A reply type sent as a request, and a HELLO of another protocol version.
+        // A HELLO of another protocol version: EPROTONOSUPPORT, then the session ends.
         do {
             let c = try RawConnection(server.socketPath)
-            try c.send(ControlMessage(requestID: 10, .error(EPERM)).encoded())
+            try c.send(ControlMessage(requestID: 11, .hello(version: ControlMessage.version &+ 1, transport: .auto)).encoded())
             let o = c.next()
-            #expect(o.isErrorOrClose, "a reply sent to the server: \(o)")
-            let c2 = try RawConnection(server.socketPath)
-            try c2.send(ControlMessage(requestID: 11, .hello(version: ControlMessage.version &+ 1, transport: .auto)).encoded())
-            let o2 = c2.next()
-            #expect(o2 == .reply(requestID: 11, .error(EPROTONOSUPPORT)) || o2 == .closed, "HELLO of another version: \(o2)")
-        }
-        // An empty message, and a flood of garbage sent without reading the replies: the server
-        // must end the session rather than block on a client that does not read.
-        do {
-            let c = try RawConnection(server.socketPath)
-            try c.send([])
-            let o = c.next()
-            #expect(o.isErrorOrClose, "empty message: \(o)")
-            let flood = try RawConnection(server.socketPath)
-            var sent = 0
-            for _ in 0..<2000 {
-                let rc = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }.withUnsafeBytes {
-                    Glibc.send(flood.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
-                }
-                if rc < 0 { break }
-                sent += 1
-            }
-            #expect(flood.waitForClose(), "after \(sent) garbage messages the session was neither closed nor answered to the end")
+            #expect(o == .reply(requestID: 11, .error(EPROTONOSUPPORT)), "HELLO of another version: \(o)")
+            #expect(c.waitForClose(), "the session of a client of another protocol version stays open")
         }
 
         // The server survived all of it, serves a real client, and kept nothing of those sessions.
         #expect(server.process.isRunning, "socket-server died: \(server.log)")
         let r = try Self.roundTrip(server.socketPath, port: 7422)
         #expect(r.status == .exited(0) && r.line.hasPrefix("round-trip=ok"), "\(r.diagnostics)\n\(server.log)")
+        var after = Counts(server)
+        #expect(waitUntil(timeout: 5, interval: 0.01) { after = Counts(server); return after == before }, "before: \(before), after: \(after)")
+    }
+
+    @Test("an empty control message gets an EBADMSG reply and the session goes on",
+          .disabled("bug: the server reads an empty SEQPACKET message as the client's hang-up and ends the session (README: a malformed message gets an EBADMSG reply)"))
+    func emptyControlMessage() throws {
+        let server = try ServerProcess()
+        defer { server.stop() }
+        let c = try Self.session(server)
+        try c.send([])
+        let o = c.next()
+        #expect(o == Self.badMessage, "empty message: \(o)")
+        #expect(Self.stillServes(c, id: 5) == nil)
+    }
+
+    @Test("15 malformed messages are answered and the session goes on; the 16th is answered and ends it")
+    func sixteenMalformedMessagesEndTheSession() throws {
+        let server = try ServerProcess()
+        defer { server.stop() }
+        let c = try Self.session(server)
+        let garbage = [UInt8](repeating: 0xEE, count: 40)
+        for n in 1...15 {
+            try c.send(garbage)
+            let o = c.next()
+            try #require(o == Self.badMessage, "malformed message \(n): \(o)")
+        }
+        let open = Self.stillServes(c, id: 50)
+        #expect(open == nil, "after 15 malformed messages: \(open.map { "\($0)" } ?? "")")
+        try c.send(garbage)
+        let last = c.next()
+        #expect(last == Self.badMessage, "malformed message 16: \(last)")
+        #expect(c.next(timeout: 5000) == .closed, "the session is still open after 16 malformed messages")
+    }
+
+    @Test("a client that sends requests and never reads the replies loses its session; the server goes on serving others")
+    func clientThatDoesNotReadLosesItsSession() throws {
+        let server = try ServerProcess()
+        defer { server.stop() }
+        let before = try Self.settledCounts(server)
+        let c = try Self.session(server)
+        // Valid requests (not malformed ones: those end a session after 16 by another rule), sent as
+        // fast as the socket takes them, never reading a reply.
+        let request = ControlMessage(requestID: 7, .getsockname(handle: 999)).encoded()
+        var sent = 0, refusedInARow = 0
+        let deadline = Deadline(seconds: 10)
+        while sent < 100_000 && refusedInARow < 50 && !deadline.expired {
+            let rc = request.withUnsafeBytes { Glibc.send(c.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if rc == request.count {
+                sent += 1
+                refusedInARow = 0
+            } else if rc < 0 && errno == EAGAIN {
+                refusedInARow += 1
+                usleep(2_000)
+            } else {
+                break // EPIPE / ECONNRESET: the server hung up already
+            }
+        }
+        // Meanwhile (and after) another client is served.
+        let r = try Self.roundTrip(server.socketPath, port: 7423)
+        #expect(r.line.hasPrefix("round-trip=ok"), "another client while one does not read: \(r.diagnostics)")
+        // Now read what was queued: some replies, then the end of the session (never all of them).
+        var replies = 0
+        var outcome = Outcome.timedOut
+        for _ in 0...(sent + 1) {
+            outcome = c.next(timeout: 5000)
+            guard outcome == .reply(requestID: 7, .error(EBADF)) else { break }
+            replies += 1
+        }
+        #expect(outcome == .closed, "after \(sent) requests and \(replies) replies read: \(outcome)")
+        #expect(replies < sent, "every one of \(sent) replies was delivered: the client never fell behind")
         var after = Counts(server)
         #expect(waitUntil(timeout: 5, interval: 0.01) { after = Counts(server); return after == before }, "before: \(before), after: \(after)")
     }
@@ -348,12 +456,9 @@ struct FailureTests {
 
     // MARK: clients of another uid
 
-    @Test("a client of another uid is refused with EACCES, and served with --allow-uid")
+    @Test("a client of another uid is refused with EACCES, and served with --allow-uid",
+          .enabled(if: getuid() == 0, "needs root: runs a client as uid 65534"))
     func otherUser() throws {
-        guard getuid() == 0 else {
-            print("SKIPPED: needs root (FailureTests.otherUser runs a client as uid 65534)")
-            return
-        }
         // Refused: the socket file is made writable for everyone, so that the kernel lets the
         // client connect and the refusal is the server's policy (HELLO answered with EACCES).
         do {

@@ -69,7 +69,7 @@ struct UDPSemanticsTests {
     @Test("EMSGSIZE above 65,507 bytes; 65,507 bytes arrive intact", arguments: Transport.allCases)
     func messageSize(_ t: Transport) async throws { try await run("messageSize", t) }
 
-    @Test("IPv6: the largest datagram the stack can carry arrives; a larger one fails at send", arguments: Transport.allCases)
+    @Test("IPv6: 65,487 bytes arrive; a larger datagram fails at send with EMSGSIZE", arguments: Transport.allCases)
     func ipv6MessageSize(_ t: Transport) async throws { try await run("ipv6MessageSize", t) }
 
     @Test("getsockname after bind to port 0; that port receives", arguments: Transport.allCases)
@@ -123,7 +123,7 @@ enum UDPChecks {
         try Socket.configure(serverPath: serverPath, transport: wanted)
         let actual = try Socket.datagramTransport()
         try #require(actual == wanted, "connected with transport \(actual), asked for \(wanted)")
-        let body = try #require(all[check], "no check named \(check)")
+        let body = try #require(all[check] ?? PromiseChecks.all[check], "no check named \(check)")
         do {
             try body()
         } catch {
@@ -347,6 +347,8 @@ enum UDPChecks {
         let elapsed = Double(monotonicNanoseconds() - start) / 1e6
         #expect(err == EAGAIN)
         #expect(elapsed >= 290, "returned after \(elapsed) ms, before the 300 ms timeout")
+        // A correctness bound, not a speed one: a timeout that is ignored waits until alarm(30).
+        #expect(elapsed <= 1500, "returned after \(elapsed) ms: the 300 ms timeout was not what ended the wait")
         // A datagram that is there is returned at once by a socket with a timeout.
         try b.send([7], to: v4(7231))
         #expect(awaitDatagram(a))
@@ -355,7 +357,8 @@ enum UDPChecks {
         try a.setTimeouts(receive: 150, send: nil)
         let again = monotonicNanoseconds()
         #expect(throws: SocketError("recvfrom", Errno(EAGAIN))) { try a.receive(maxBytes: 16) }
-        #expect(Double(monotonicNanoseconds() - again) / 1e6 >= 140)
+        let swiftElapsed = Double(monotonicNanoseconds() - again) / 1e6
+        #expect(swiftElapsed >= 140 && swiftElapsed <= 750, "returned after \(swiftElapsed) ms with a 150 ms timeout")
     }
 
     static func connectAndDisconnect() throws {
@@ -431,28 +434,21 @@ enum UDPChecks {
     }
 
     static func ipv6MessageSize() throws {
-        // Linux carries up to 65,527 bytes of UDP payload over IPv6. This stack's limit is lower
-        // (see DatagramSocket.maximumIPv6Payload): whatever the limit, a datagram within it must
-        // arrive, and one beyond it must fail at send, never vanish after a successful send.
+        // Linux carries up to 65,527 bytes of UDP payload over IPv6. This stack's limit is 65,487
+        // (lwIP's 16-bit packet length; see the README's limits): that much arrives, more fails
+        // at send with EMSGSIZE, never vanishing after a successful send.
         let a = try bound(v6(7266)), b = try bound(v6(7267))
         let limit = 65_487
         let largest = pattern(limit, seed: 4)
         #expect(sendTo(b, largest, v6(7266)) == limit)
         let got = try receive(a)
         #expect(got.bytes == largest, "\(limit) bytes over IPv6 arrive intact")
-        for size in [limit + 1, 65_507] {
+        for size in [limit + 1, 65_507, 65_508] {
             let n = sendTo(b, pattern(size), v6(7266))
             let err = n < 0 ? errno : 0
-            if n >= 0 {
-                // Accepted: then it must arrive.
-                let arrived = awaitDatagram(a, timeoutMilliseconds: 2000)
-                #expect(arrived, "send of \(size) bytes over IPv6 returned \(n), but the datagram never arrived (SO_ERROR \(String(describing: try? b.option(level: SOL_SOCKET, name: SO_ERROR))))")
-                if arrived { #expect(try a.receive(maxBytes: 65_536, flags: Int32(MSG_DONTWAIT)).bytes.count == size) }
-            } else {
-                #expect(err == EMSGSIZE, "send of \(size) bytes over IPv6: \(Errno(err))")
-            }
+            #expect(n == -1 && err == EMSGSIZE, "send of \(size) bytes over IPv6: \(n), \(Errno(err))")
         }
-        #expect(errnoOf { sendTo(b, pattern(65_508), v6(7266)) } == EMSGSIZE)
+        #expect(recvErrno(a) == EAGAIN, "nothing over the limit arrived")
     }
 
     static func ephemeralPort() throws {

@@ -127,7 +127,7 @@ struct BipartiteRingTests {
             channel.peerNotifier.notify()
             sent += 1
         }
-        let (status, output) = try #require(peer.wait(timeout: .infinity))
+        let (status, output) = try #require(peer.wait(timeout: PeerProcess.timeout), "the peer did not finish within \(PeerProcess.timeout) s")
         try reclaim()
         #expect(status == 0, "peer: \(output)")
         let fields = ChildProcess.fields(output)

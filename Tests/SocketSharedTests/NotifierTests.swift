@@ -1,4 +1,5 @@
 import CShims
+import Synchronization
 import SocketShared
 import TestSupport
 import Testing
@@ -35,7 +36,7 @@ struct NotifierTests {
             wake.notify()
             if rng.below(1000) == 0 { usleep(UInt32(rng.below(300))) }
         }
-        let (status, output) = try #require(peer.wait(timeout: .infinity))
+        let (status, output) = try #require(peer.wait(timeout: PeerProcess.timeout), "the peer did not finish within \(PeerProcess.timeout) s")
         #expect(status == 0, "peer: \(output)")
         let fields = ChildProcess.fields(output)
         #expect(fields["messages"] == "\(count)")
@@ -87,25 +88,31 @@ struct NotifierTests {
         gate.block()
         #expect(try pollOne(event.fd, events: out, timeoutMilliseconds: 0) & out == 0)
         // A poller waiting for POLLOUT is woken by the release from another thread.
+        // (Proven blocked in poll before the release, so the wake-up is the release's doing.)
         let fd = event.fd
-        let waiter = TestThread.start { (try? pollOne(fd, events: out, timeoutMilliseconds: 5000)) ?? -1 }
-        usleep(20_000)
+        let waiter = TestThread.start { (try? pollOne(fd, events: out, timeoutMilliseconds: 10_000)) ?? -1 }
+        let tid = try #require(waiter.threadID(timeout: 5), "the poller thread did not start")
+        let notBlocked = ProcStats.waitUntilBlocked(pid: getpid(), tid: tid, timeout: 5)
+        #expect(notBlocked == nil, "\(notBlocked ?? "")")
         gate.release()
         #expect(waiter.join() == out)
     }
 }
 
-/// A joinable pthread running `body` (tests only).
+/// A joinable pthread running `body` (tests only), which publishes its kernel thread id.
 final class TestThread: @unchecked Sendable {
-    // @unchecked Sendable: `result` is written by the thread before it exits and read after join.
+    // @unchecked Sendable: `result` is written by the thread before it exits and read after join;
+    // `tid` is atomic.
     private let body: @Sendable () -> Int16
     private var result: Int16 = -1
     private var thread = pthread_t()
+    private let tid = Atomic<Int32>(0)
 
     static func start(_ body: @escaping @Sendable () -> Int16) -> TestThread {
         let t = TestThread(body)
         pthread_create(&t.thread, nil, { arg in
             let me = Unmanaged<TestThread>.fromOpaque(arg!).takeRetainedValue()
+            me.tid.store(ProcStats.currentThreadID(), ordering: .releasing)
             me.result = me.body()
             return nil
         }, Unmanaged.passRetained(t).toOpaque())
@@ -113,6 +120,16 @@ final class TestThread: @unchecked Sendable {
     }
 
     private init(_ body: @escaping @Sendable () -> Int16) { self.body = body }
+
+    /// The thread's kernel id, once it has started (nil after `timeout` seconds).
+    func threadID(timeout: Double) -> pid_t? {
+        var id: Int32 = 0
+        waitUntil(timeout: timeout, interval: 0.001) {
+            id = tid.load(ordering: .acquiring)
+            return id != 0
+        }
+        return id != 0 ? id : nil
+    }
 
     func join() -> Int16 {
         pthread_join(thread, nil)

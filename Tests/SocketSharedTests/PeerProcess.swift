@@ -8,10 +8,15 @@ import Glibc
 
 /// The `shm-peer` helper running as a separate process (its own address space), with some of our
 /// descriptors installed as its fds 3, 4, 5..., its stdin and stdout on pipes and its stderr ours.
-/// The tests wait for it without a deadline (`.infinity`), as they always have.
+/// Every wait for it is bounded: `timeout` for the long exchanges, `shortTimeout` for the rest.
 enum PeerProcess {
     /// Channel offset the peer uses inside a test segment.
     static let channelOffset = 4096
+    /// Seconds a long exchange (256 MiB, a million messages) may take: far beyond the few seconds it
+    /// takes in a debug build on 2 cores, so only a hang reaches it.
+    static let timeout: Double = 180
+    /// Seconds for a peer that only passes descriptors or touches a buffer.
+    static let shortTimeout: Double = 30
 
     /// The helper binary: next to the test bundle (both are built by `swift build --build-tests`),
     /// or `$SHM_PEER` when set.

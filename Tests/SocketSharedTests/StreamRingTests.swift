@@ -98,7 +98,7 @@ struct StreamRingTests {
             }
             sent += want
         }
-        let (status, output) = try #require(peer.wait(timeout: .infinity))
+        let (status, output) = try #require(peer.wait(timeout: PeerProcess.timeout), "the peer did not finish within \(PeerProcess.timeout) s")
         #expect(status == 0, "peer: \(output)")
         let fields = ChildProcess.fields(output)
         #expect(fields["bytes"] == "\(total)")

@@ -21,7 +21,7 @@ struct SystemTests {
         try DescriptorPassing.send(pair[0], Array("segment".utf8), descriptors: [segment.fd, fromPeer.fd, toPeer.fd])
         let reply = try #require(try DescriptorPassing.receive(pair[0], maxBytes: 64))
         #expect(reply.bytes == Array("done".utf8))
-        let (status, output) = try #require(peer.wait(timeout: .infinity))
+        let (status, output) = try #require(peer.wait(timeout: PeerProcess.shortTimeout), "the peer did not finish within \(PeerProcess.shortTimeout) s")
         #expect(status == 0, "peer: \(output)")
         let fields = ChildProcess.fields(output)
         #expect(fields["message"] == "segment")
@@ -43,15 +43,29 @@ struct SystemTests {
         #expect(throws: SharedError.self) { try SharedSegment(adopting: raw) }
     }
 
-    @Test func truncatedControlDataIsDetectedAndDescriptorsNotLeaked() throws {
+    /// A message longer than the receive buffer comes back flagged `truncated` with the part that fit,
+    /// and the descriptor it carried is delivered (the receiver owns it: closing it and ours leaves no
+    /// copy anywhere, so the pipe's read end sees the hang-up). Once the sender has closed, a receive
+    /// throws instead of returning an empty message.
+    @Test func truncatedMessageIsFlaggedAndItsDescriptorDelivered() throws {
         var pair: [Int32] = [0, 0]
         try #require(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
-        defer { close(pair[0]); close(pair[1]) }
-        try DescriptorPassing.send(pair[0], [UInt8](repeating: 1, count: 100))
+        var sender: Int32? = pair[0]
+        defer { if let sender { close(sender) }; close(pair[1]) }
+        var pipeFDs: [Int32] = [0, 0]
+        try #require(pipe2(&pipeFDs, O_CLOEXEC) == 0)
+        defer { close(pipeFDs[0]) }
+        try DescriptorPassing.send(pair[0], [UInt8](repeating: 1, count: 100), descriptors: [pipeFDs[1]])
+        close(pipeFDs[1])
         let packet = try #require(try DescriptorPassing.receive(pair[1], maxBytes: 10))
         #expect(packet.truncated)
-        #expect(packet.bytes.count == 10)
+        #expect(packet.bytes == [UInt8](repeating: 1, count: 10))
+        #expect(packet.descriptors.count == 1)
+        packet.closeDescriptors()
+        var pfd = pollfd(fd: pipeFDs[0], events: Int16(POLLIN), revents: 0)
+        #expect(poll(&pfd, 1, 5000) == 1 && pfd.revents & Int16(POLLHUP) != 0, "a copy of the pipe's write end is still open somewhere")
         close(pair[0])
+        sender = nil
         #expect(throws: SharedError.self) { try DescriptorPassing.receive(pair[1], maxBytes: 10) }
     }
 
@@ -59,7 +73,7 @@ struct SystemTests {
     @Test func processVMReadsAndWritesAChild() throws {
         let size = 1 << 20
         let peer = try PeerProcess.start(["vm-buffer", "\(size)"])
-        let line = try #require(peer.readLine(timeout: .infinity))
+        let line = try #require(peer.readLine(timeout: PeerProcess.shortTimeout), "the peer printed nothing within \(PeerProcess.shortTimeout) s")
         let address = try #require(UInt64(ChildProcess.fields(line)["address"] ?? ""))
         let memory = ProcessMemory(pid: peer.pid)
         let local = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
@@ -75,7 +89,7 @@ struct SystemTests {
         // A bad address is a typed error, not a crash.
         #expect(throws: SharedError.self) { try memory.read([.init(address: 8, length: 8)], into: [local]) }
         peer.writeLine("check")
-        let (status, output) = try #require(peer.wait(timeout: .infinity))
+        let (status, output) = try #require(peer.wait(timeout: PeerProcess.shortTimeout), "the peer did not finish within \(PeerProcess.shortTimeout) s")
         #expect(status == 0)
         #expect(output.contains("rewritten=yes"), "peer: \(output)")
     }
@@ -87,7 +101,7 @@ struct SystemTests {
         // As root the peer drops to nobody and reads us; otherwise it reads init (pid 1, root).
         let pid = getuid() == 0 ? getpid() : 1
         let peer = try PeerProcess.start(["vm-denied", "\(pid)", "\(address)"])
-        let (status, output) = try #require(peer.wait(timeout: .infinity))
+        let (status, output) = try #require(peer.wait(timeout: PeerProcess.shortTimeout), "the peer did not finish within \(PeerProcess.shortTimeout) s")
         #expect(status == 0, "peer: \(output)")
         #expect(output.contains("result=not-permitted"), "peer: \(output)")
         withExtendedLifetime(target) {}

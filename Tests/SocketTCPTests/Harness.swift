@@ -19,7 +19,7 @@ enum SharedServer {
             let server = try ServerProcess(tag: "tcp-shared")
             try Socket.configure(serverPath: server.socketPath)
             serverToStopAtExit = server
-            atexit { serverToStopAtExit?.stop() }
+            atexit { serverToStopAtExit?.discard() }
             return server
         } catch {
             fatalError("cannot start the shared socket server: \(error)")

@@ -75,6 +75,17 @@ struct Behaviour {
         #expect(s.close(client) == 0)
         let r = recv(server)
         #expect(r.rc == 0, "peer of a clean close: rc \(r.rc) \(errnoName(r.errno)) (want EOF)")
+        // The FIN is not followed by a reset: no POLLHUP/POLLERR within 300 ms, the connection sits
+        // in CLOSE_WAIT, and reading again still says end of stream.
+        var pfd = pollfd(fd: server, events: Int16(POLLIN), revents: 0)
+        _ = sko_poll(&pfd, 1, 300)
+        #expect(pfd.revents & Int16(POLLHUP | POLLERR) == 0, "after the FIN: revents \(pfd.revents)")
+        var info = tcp_info()
+        var len = socklen_t(MemoryLayout<tcp_info>.size)
+        #expect(sko_getsockopt(server, Int32(IPPROTO_TCP), TCP_INFO, &info, &len) == 0)
+        #expect(Int(info.tcpi_state) == Int(TCP_CLOSE_WAIT), "tcpi_state \(info.tcpi_state) after the peer's FIN")
+        let again = recv(server, flags: Int32(MSG_DONTWAIT))
+        #expect(again.rc == 0, "second read after a clean close: rc \(again.rc) \(errnoName(again.errno))")
     }
 
     // MARK: resets
@@ -460,17 +471,38 @@ struct Behaviour {
         #expect(intOption(c, SOL_SOCKET, SO_KEEPALIVE).value == 0)
     }
 
-    @Test func tcpInfoReportsEstablished() throws {
+    /// TCP_INFO's fields as the README lists them (state, MSS, RTO/RTT, cwnd, ssthresh, unacked),
+    /// each against what it must be, and TCP_MAXSEG agreeing with tcpi_snd_mss.
+    @Test func tcpInfoReportsStateAndCongestionFields() throws {
         let s = Sockets()
         let (_, c, server) = try s.pair(port: TestPorts.next())
-        for fd in [c, server] {
+        func info(_ fd: Int32) -> tcp_info {
             var info = tcp_info()
             var len = socklen_t(MemoryLayout<tcp_info>.size)
             let rc = sko_getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &len)
-            #expect(rc == 0, "TCP_INFO: \(errnoName(errno))")
-            #expect(len > 0)
-            #expect(Int(info.tcpi_state) == Int(TCP_ESTABLISHED), "tcpi_state \(info.tcpi_state)")
+            #expect(rc == 0 && len > 0, "TCP_INFO: \(errnoName(errno))")
+            return info
         }
+        // Some data each way, all of it read, so it has been acknowledged.
+        let payload = [UInt8](repeating: 0x44, count: 100_000)
+        #expect(sendAll(c, payload) == payload.count)
+        #expect(recvAll(server, count: payload.count) == payload)
+        #expect(sendAll(server, payload) == payload.count)
+        #expect(recvAll(c, count: payload.count) == payload)
+        for fd in [c, server] {
+            var i = info(fd)
+            #expect(waitUntil(timeout: 10) { i = info(fd); return i.tcpi_unacked == 0 }, "tcpi_unacked \(i.tcpi_unacked) with everything read")
+            #expect(Int(i.tcpi_state) == Int(TCP_ESTABLISHED), "tcpi_state \(i.tcpi_state)")
+            // Between the stack's own addresses segments are 4096 bytes (README, limits).
+            #expect(i.tcpi_snd_mss == 4096, "tcpi_snd_mss \(i.tcpi_snd_mss)")
+            #expect(intOption(fd, Int32(IPPROTO_TCP), TCP_MAXSEG).value == Int32(i.tcpi_snd_mss), "TCP_MAXSEG \(intOption(fd, Int32(IPPROTO_TCP), TCP_MAXSEG))")
+            #expect(i.tcpi_rto > 0, "tcpi_rto \(i.tcpi_rto)")
+            #expect(i.tcpi_snd_cwnd > 0 && i.tcpi_snd_ssthresh > 0, "cwnd \(i.tcpi_snd_cwnd) ssthresh \(i.tcpi_snd_ssthresh)")
+        }
+        // The peer's FIN: CLOSE_WAIT on this side.
+        #expect(sko_shutdown(c, Int32(SHUT_WR)) == 0)
+        #expect(recv(server).rc == 0)
+        #expect(Int(info(server).tcpi_state) == Int(TCP_CLOSE_WAIT), "after the peer's FIN: tcpi_state \(info(server).tcpi_state)")
     }
 
     @Test func accept4NonBlocking() throws {

@@ -22,29 +22,28 @@ struct ToolTests {
         for row in rows {
             let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: " ") }
             try #require(cells.count == 5, "malformed row \(row)")
-            #expect(Double(cells[3]) != nil, "stack value missing: \(row)")
+            // A number, finite and not negative ("nan" and "inf" parse as Doubles: not enough).
+            func measured(_ cell: String) -> Bool { Double(cell).map { $0.isFinite && $0 >= 0 } == true }
+            #expect(measured(cells[3]), "stack value missing or not a measurement: \(row)")
             if !cells[0].hasPrefix("Ring") {
-                #expect(Double(cells[2]) != nil, "kernel value missing: \(row)")
-                #expect(Double(cells[4]) != nil, "ratio missing: \(row)")
+                #expect(measured(cells[2]), "kernel value missing or not a measurement: \(row)")
+                #expect(measured(cells[4]), "ratio missing or not a measurement: \(row)")
             }
         }
         let text = try #require(ProcStats.readFile(json), "no JSON written")
         #expect(text.contains("\"results\""))
         #expect(!text.contains("\"stack\": null"))
+        #expect(!text.lowercased().contains("nan") && !text.contains("inf"), "a non-finite number in the JSON: \(text)")
     }
 
     /// A C program compiled against include/socket_offload.h and libSocketClientDynamic makes a UDP
     /// and a TCP round trip through a real server.
     @Test func cProgramLinksAndRuns() throws {
-        guard access("/usr/bin/cc", X_OK) == 0 else {
-            print("SKIPPED: cProgramLinksAndRuns needs a C compiler at /usr/bin/cc")
-            return
-        }
         let dir = TestBinaries.directory
         let root = try Self.packageRoot()
         let program = TestNames.uniquePath("c-client", suffix: "bin")
         defer { unlink(program) }
-        let cc = try ChildProcess("/usr/bin/cc", ["\(root)/examples/c-client/udp_tcp_hello.c", "-I\(root)/include", "-L\(dir)",
+        let cc = try ChildProcess("cc", ["\(root)/examples/c-client/udp_tcp_hello.c", "-I\(root)/include", "-L\(dir)",
                                                   "-lSocketClientDynamic", "-Wl,-rpath,\(dir)", "-o", program], name: "cc")
         let built = try #require(cc.wait(timeout: 120))
         try #require(built.status == 0, "cc failed: \(cc.logTail())")
@@ -65,14 +64,10 @@ extension ToolTests {
     /// The server's Internet checksum (CStack/checksum.c, which replaces liblwip's) equals liblwip's
     /// own on 200,000 random buffers, offsets and lengths up to 66,000 bytes.
     @Test func checksumReplacementMatchesLwIP() throws {
-        guard access("/usr/bin/cc", X_OK) == 0 else {
-            print("SKIPPED: checksumReplacementMatchesLwIP needs a C compiler at /usr/bin/cc")
-            return
-        }
         let root = try Self.packageRoot()
         let program = TestNames.uniquePath("checksum", suffix: "bin")
         defer { unlink(program) }
-        let cc = try ChildProcess("/usr/bin/cc", ["-O2", "-I\(root)/Sources/CStack/include", "-I/usr/include/lwip",
+        let cc = try ChildProcess("cc", ["-O2", "-I\(root)/Sources/CStack/include", "-I/usr/include/lwip",
                                                   "\(root)/Tests/checksum-check/checksum_check.c", "\(root)/Sources/CStack/checksum.c",
                                                   "-Wl,--no-as-needed", "-llwip", "-ldl", "-o", program], name: "cc-checksum")
         let built = try #require(cc.wait(timeout: 120))

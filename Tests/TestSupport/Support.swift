@@ -110,7 +110,53 @@ public enum ProcStats {
     }
 
     public static func readFile(_ path: String) -> String? { TestFiles.read(path) }
+
+    /// Syscalls a thread sleeps in while it waits for data, room or readiness (poll, ppoll, select,
+    /// pselect6, epoll_wait, epoll_pwait, read, recvfrom, recvmsg), by number on this architecture.
+    public static let waitingSyscalls: Set<Int> = {
+        #if arch(x86_64)
+        return [7, 271, 23, 270, 232, 281, 0, 45, 47]
+        #elseif arch(arm64)
+        return [73, 72, 22, 63, 207, 212]
+        #else
+        return []
+        #endif
+    }()
+
+    /// The syscall thread `tid` of `pid` is sleeping in: its number while the thread is in state S
+    /// inside a syscall (/proc/PID/task/TID/stat and .../syscall), nil while it runs or is gone.
+    public static func sleepingSyscall(pid: pid_t, tid: pid_t) -> Int? {
+        guard let stat = readFile("/proc/\(pid)/task/\(tid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let state = stat[stat.index(after: close)...].split(separator: " ").first
+        guard state == "S", let syscall = readFile("/proc/\(pid)/task/\(tid)/syscall") else { return nil }
+        return syscall.split(separator: " ").first.flatMap { Int($0) }
+    }
+
+    /// Waits up to `timeout` seconds until thread `tid` of `pid` (its main thread by default) sleeps
+    /// in one of `waitingSyscalls`, seen on two readings 20 ms apart: proof that it is blocked, where
+    /// a sleep would only make it likely.
+    /// - Returns: nil when it is blocked, else what was seen last (for the failure message).
+    public static func waitUntilBlocked(pid: pid_t, tid: pid_t? = nil, timeout: Double = 10) -> String? {
+        let tid = tid ?? pid
+        var last = "nothing"
+        var previous: Int?
+        let blocked = waitUntil(timeout: timeout, interval: 0.02) {
+            let now = sleepingSyscall(pid: pid, tid: tid)
+            defer { previous = now }
+            last = now.map { "sleeping in syscall \($0)" } ?? "running (or gone): \(readFile("/proc/\(pid)/task/\(tid)/stat") ?? "no stat")"
+            guard let now, waitingSyscalls.contains(now) else { return false }
+            return previous == now
+        }
+        return blocked ? nil : "thread \(tid) of \(pid) not blocked within \(timeout) s: \(last)"
+    }
+
+    /// This thread's kernel id (for `waitUntilBlocked`).
+    public static func currentThreadID() -> pid_t { glibcGettid() }
 }
+
+/// gettid(2) (glibc 2.30+; Glibc's Swift module does not declare it).
+@_silgen_name("gettid")
+private func glibcGettid() -> pid_t
 
 /// Whole-file reads and writes.
 public enum TestFiles {

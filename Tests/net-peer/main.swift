@@ -6,6 +6,10 @@
 //   net-peer tcp-source SERVER_PATH HOST PORT INPUT_FILE
 //       connects to HOST:PORT, sends INPUT_FILE, shuts down its sending side, waits for the peer's
 //       end of stream (so every byte is known to have been delivered), prints "bytes=N".
+//   net-peer udp-send SERVER_PATH HOST PORT TTL:TOS[:echo]
+//       sends one 100-byte datagram to HOST:PORT from a socket with IP_TTL TTL and IP_TOS TOS (for
+//       an IPv6 HOST: IPV6_UNICAST_HOPS TTL, TOS ignored), prints "sent=N"; with ":echo" waits up
+//       to 5 s for the datagram to come back and prints "sent=N echoed=M" (M: -1 for none).
 //
 // The tests hash both files with sha256sum; the kernel-side peer hashes what it sends or receives.
 // Exit status 0 on success; 2 with an "error: ..." line otherwise.
@@ -39,7 +43,7 @@ func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
 
 let args = Array(CommandLine.arguments.dropFirst())
 guard args.count == 5, let port = UInt16(args[3]) else {
-    fail("usage: net-peer tcp-sink|tcp-source SERVER_PATH ADDRESS PORT FILE")
+    fail("usage: net-peer tcp-sink|tcp-source|udp-send SERVER_PATH ADDRESS PORT FILE|TTL:TOS")
 }
 signal(SIGPIPE, SIG_IGN)
 let (mode, serverPath, host, path) = (args[0], args[1], args[2], args[4])
@@ -97,6 +101,25 @@ do {
         connection.close()
         if extra != 0 { fail("the receiver sent \(extra) unexpected bytes") }
         print("bytes=\(total)")
+    case "udp-send":
+        let fields = path.split(separator: ":")
+        let values = fields.prefix(2).compactMap { Int32($0) }
+        guard values.count == 2 else { fail("udp-send wants TTL:TOS[:echo]") }
+        let s = try Socket(address.family, .datagram)
+        if address.family == .inet6 {
+            try s.setOption(level: Int32(IPPROTO_IPV6), name: IPV6_UNICAST_HOPS, values[0])
+        } else {
+            try s.setOption(level: Int32(IPPROTO_IP), name: IP_TTL, values[0])
+            try s.setOption(level: Int32(IPPROTO_IP), name: IP_TOS, values[1])
+        }
+        let sent = try s.send([UInt8](repeating: 0x55, count: 100), to: address)
+        if fields.count == 3 && fields[2] == "echo" {
+            try s.setTimeouts(receive: 5000, send: nil)
+            let echoed = (try? s.receive(maxBytes: 2048).bytes.count) ?? -1
+            print("sent=\(sent) echoed=\(echoed)")
+        } else {
+            print("sent=\(sent)")
+        }
     default:
         fail("unknown mode \(mode)")
     }

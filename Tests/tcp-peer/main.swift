@@ -6,10 +6,12 @@
 //   tcp-peer sink   --socket-path P --host H --port N --bytes B --seed S [--chunk C] [--pause-us U]
 //       listens, prints "listening", accepts one connection and reads B bytes, C at a time with a
 //       pause of U microseconds between reads (a slow reader), checks them against the pattern
-//       (seed S) and prints "received=B mismatches=M"; exits 0 only if all B bytes matched.
+//       (seed S), prints "read=N" after every MiB and at the end "received=B mismatches=M"; exits 0
+//       only if all B bytes matched.
 //   tcp-peer source --socket-path P --host H --port N --bytes B --seed S
-//       connects and writes B bytes of the pattern as fast as the connection takes them, then
-//       half-closes, waits for the peer's FIN and prints "sent=B".
+//       connects and writes B bytes of the pattern as fast as the connection takes them, prints
+//       "written=B" when the last write has returned, then half-closes, waits for the peer's FIN
+//       and prints "sent=B end=R" (R: what the read after the FIN returned, 0 for end of stream).
 import CShims
 import SocketClient
 import SocketShared
@@ -102,6 +104,10 @@ case "sink":
         }
         if n == 0 { break }
         if cshims_check_pattern(buffer, n, seed, UInt64(received)) != n { mismatches += 1 }
+        if (received + n) >> 20 != received >> 20 {
+            print("read=\(received + n)")
+            fflush(nil)
+        }
         received += n
         if pause > 0 { usleep(useconds_t(pause)) }
     }
@@ -129,6 +135,8 @@ case "source":
             }
             sent += n
         }
+        print("written=\(sent)")
+        fflush(nil)
         try s.shutdown(Int32(SHUT_WR))
         // The peer closes after reading everything: wait for its FIN so that our close is clean.
         let end = try buffer.withUnsafeMutableBytes { try s.read(into: $0) }
