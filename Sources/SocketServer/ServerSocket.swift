@@ -52,6 +52,10 @@ class ServerSocket {
     /// the client is gone.
     func releaseStack() {}
 
+    /// Sends what the app handed over before it closed the socket or went away (a datagram that
+    /// `sendto` accepted leaves even if the app closes or exits at once, as with the kernel's sockets).
+    func flushBeforeRelease() {}
+
     /// Marks the channel closed and wakes the app.
     func release() {
         view.setEvents(CSHIMS_EV_CLOSED | CSHIMS_EV_HUP)

@@ -12,7 +12,8 @@ import Glibc
 /// memory. Each other local client may therefore hold in connections it made no more of the listening
 /// client's segment than stays free after its next one: the first greedy client gets at most half,
 /// a second a quarter, and so on, so a newcomer (which holds nothing) still finds room. Beyond its
-/// share a client's new connections are reset (the connector sees `ECONNRESET`), and the server logs
+/// share a client's new connections are refused (the connector's connect fails with `ECONNREFUSED`),
+/// and the server logs
 /// the refusal (at most once a second per listening client). Connections from the listening client
 /// itself and from the network are not limited this way (the segment size still bounds them; a full
 /// segment is logged too).
@@ -20,10 +21,10 @@ extension Session {
     /// Decides whether a connection a listener of this client accepted may have a channel here.
     /// - Parameters:
     ///   - pcb: the accepted connection.
+    ///   - connector: the session of the local client that connected, if it is local.
     ///   - port: the listener's port (for the log).
     /// - Returns: the new socket, or nil after logging why it was refused (the caller resets it).
-    func admitAcceptedConnection(_ pcb: UnsafeMutablePointer<tcp_pcb>, domain: Int32, port: UInt16) -> TCPSocket? {
-        let connector = cstack_tcp_local_peer_arg(pcb).map { Unmanaged<TCPSocket>.fromOpaque($0).takeUnretainedValue().session }
+    func admitAcceptedConnection(_ pcb: UnsafeMutablePointer<tcp_pcb>, from connector: Session?, domain: Int32, port: UInt16) -> TCPSocket? {
         var chargeTo: Session?
         if let connector, connector !== self {
             let size = acceptedConnectionSize

@@ -284,6 +284,7 @@ final class Session {
 
     private func releaseChannel(of socket: ServerSocket) {
         if let tcp = socket as? TCPSocket, let connector = tcp.acceptedFrom { uncharge(connector) }
+        if !misbehaving { socket.flushBeforeRelease() }
         socket.release()
         allocator.release(Int(socket.info.offset), socket.view.layout.size)
     }

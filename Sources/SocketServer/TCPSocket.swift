@@ -45,6 +45,8 @@ final class TCPSocket: ServerSocket {
     private var lingerOn = false
     private var lingerSeconds: Int32 = 0
     private var failed = false
+    /// Connected to a local listener that has not taken the connection yet (see `connected`).
+    private var awaitingLocalAccept = false
     /// An accepted connection from another local client: that client's session id (see
     /// `Session+AcceptFairness.swift`).
     var acceptedFrom: UInt64?
@@ -313,11 +315,29 @@ final class TCPSocket: ServerSocket {
             fail(errnoFor(err), reset: false)
             return
         }
-        role = .connected
-        if let pcb {
-            attachConnectionCallbacks(pcb)
-            Self.tuneLocal(pcb)
+        guard let pcb else { return }
+        attachConnectionCallbacks(pcb)
+        Self.tuneLocal(pcb)
+        // To one of the stack's own addresses, the listener is ours: the connection is complete for
+        // the app only once that listener has taken it (its backlog or fairness may refuse it; then
+        // the reset arrives while we are still connecting, and the app's connect fails with
+        // ECONNREFUSED as the kernel's would, instead of succeeding and being reset).
+        if cstack_is_local_address(cstack_tcp_remote_ip(pcb)) != 0 {
+            awaitingLocalAccept = true
+            return
         }
+        completeConnect()
+    }
+
+    /// The local listener this connection reached has taken it (see `connected`).
+    func acceptedByLocalListener() {
+        guard awaitingLocalAccept else { return }
+        awaitingLocalAccept = false
+        completeConnect()
+    }
+
+    private func completeConnect() {
+        role = .connected
         view.setEvents(CSHIMS_EV_CONNECTED)
         // The app learns of the connection from POLLOUT (the gate, blocked since its connect). A
         // fresh connection has nothing to read, so no wake-up and no spare count: either would
@@ -356,12 +376,15 @@ final class TCPSocket: ServerSocket {
     // MARK: listener
 
     func accepted(_ newpcb: UnsafeMutablePointer<tcp_pcb>) -> err_t {
+        let connector = cstack_tcp_local_peer_arg(newpcb).map { Unmanaged<TCPSocket>.fromOpaque($0).takeUnretainedValue() }
         guard pendingConnections.count < backlog,
-              let socket = session.admitAcceptedConnection(newpcb, domain: domain, port: pcb.map { cstack_tcp_local_port($0) } ?? 0)
+              let socket = session.admitAcceptedConnection(newpcb, from: connector?.session, domain: domain,
+                                                           port: pcb.map { cstack_tcp_local_port($0) } ?? 0)
         else {
-            tcp_abort(newpcb)
+            tcp_abort(newpcb) // a local connector is still connecting: it sees ECONNREFUSED
             return err_t(ERR_ABRT.rawValue)
         }
+        connector?.acceptedByLocalListener()
         pendingConnections.append(socket.handle)
         view.setPendingAccepts(UInt32(pendingConnections.count))
         toApp.notify()

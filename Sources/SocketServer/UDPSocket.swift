@@ -410,6 +410,10 @@ final class UDPSocket: ServerSocket {
         return .ok(value: 0)
     }
 
+    override func flushBeforeRelease() {
+        try? serviceStackEvent()
+    }
+
     override func releaseStack() {
         if receiveDrops > 0 || sendErrors > 0 {
             session.logger.info("UDP socket \(handle) closed: \(receiveDrops) datagrams dropped on receive (ring full), \(sendErrors) sends failed")

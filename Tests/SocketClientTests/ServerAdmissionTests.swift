@@ -176,7 +176,7 @@ struct ServerAdmissionTests {
     func acceptFailureDoesNotSpin() throws {
         let server = try ServerProcess()
         defer { server.stop() }
-        let baseline = FailureTests.settledCounts(server).descriptors
+        let baseline = try FailureTests.settledCounts(server).descriptors
         // The server sized its budget for the limit it started with; now the kernel has far fewer.
         let limit = baseline + 24
         let set = try ChildProcess.run("prlimit", ["--pid", "\(server.pid)", "--nofile=\(limit):\(limit)"], timeout: 10)
@@ -226,7 +226,7 @@ struct ServerAdmissionTests {
     func pendingConnectionsHoldNoSlot() throws {
         let server = try ServerProcess(["--max-clients", "2"])
         defer { server.stop() }
-        let baseline = FailureTests.settledCounts(server).descriptors
+        let baseline = try FailureTests.settledCounts(server).descriptors
         let silent = try (0..<5).map { _ in try Raw(server.socketPath) }
         try #require(waitUntil(timeout: 5) { server.openDescriptorCount >= baseline + 5 }, "the server did not accept 5 connections")
         // With five connections open and pending, both slots are still free ...

@@ -52,7 +52,14 @@ public enum DescriptorPassing {
             if err == ECONNRESET { throw SharedError(.peerClosed, "recvmsg", errno: Errno(err)) }
             throw SharedError.system("recvmsg", Errno(err))
         }
-        if n == 0 && nfds == 0 { throw SharedError(.peerClosed, "recvmsg") }
+        // A SEQPACKET read of 0 bytes is either the end of the stream or an empty message: only a
+        // peer that shut down sets POLLRDHUP. (An empty message is then the caller's malformed input.)
+        if n == 0 && nfds == 0 && truncated == 0 {
+            var pfd = pollfd(fd: socket, events: Int16(POLLRDHUP_), revents: 0)
+            if poll(&pfd, 1, 0) != 0 && pfd.revents & (Int16(POLLHUP) | Int16(POLLRDHUP_)) != 0 {
+                throw SharedError(.peerClosed, "recvmsg")
+            }
+        }
         bytes.removeSubrange(Int(n)...)
         return ReceivedPacket(bytes: bytes, descriptors: Array(fds[..<Int(nfds)]), truncated: truncated != 0)
     }
