@@ -32,6 +32,9 @@ final class Session {
     /// Connections living in this client's segment that its listeners accepted from other local
     /// clients, by connecting session (see `Session+AcceptFairness.swift`).
     var acceptedFrom: [UInt64: Int] = [:]
+    /// process-vm send buffers of this session's released sockets, which the client may still be
+    /// writing into (see `SocketServer+Quarantine.swift`).
+    var quarantined: [UnsafeMutablePointer<pbuf>] = []
     /// Log lines about refused connections: at most one a second.
     var acceptRefusalLog = LogThrottle()
     private var malformedLog = LogThrottle()
@@ -335,6 +338,8 @@ final class Session {
             releaseChannel(of: socket)
         }
         sockets.removeAll()
+        server.quarantine(quarantined, of: credentials.pid)
+        quarantined.removeAll()
         server.loop.remove(fd)
         Glibc.close(fd)
         if segment != nil { logger.info("client disconnected") }

@@ -68,6 +68,13 @@ public final class SocketServer {
     private static let signalToken: UInt64 = 2
     private static let loopbackToken: UInt64 = 3
     private static let timerToken: UInt64 = 4
+    /// Quarantined buffers of ended process-vm sessions: quarantineToken + n (see
+    /// `SocketServer+Quarantine.swift`).
+    static let quarantineToken: UInt64 = 1 << 24
+    var quarantines: [UInt64: Quarantine] = [:]
+    var nextQuarantine: UInt64 = 0
+    /// Client processes that broke a process-vm session: shared memory for them until they exit.
+    var demotedPIDs: Set<Int32> = []
     /// TAP devices: tapToken + index.
     private static let tapToken: UInt64 = 16
 
@@ -276,6 +283,8 @@ public final class SocketServer {
             timerFired()
         case Self.tapToken..<(Self.tapToken + UInt64(taps.count)):
             taps[Int(token - Self.tapToken)].receive()
+        case Self.quarantineToken..<(1 << 32):
+            releaseQuarantine(token)
         default:
             guard let session = sessions[token >> 32], !session.isClosed else { return }
             let handle = UInt32(truncatingIfNeeded: token)
@@ -517,6 +526,7 @@ public final class SocketServer {
     /// process, and naming every process (`PR_SET_PTRACER_ANY`) would open the server to all; 3: none.
     func transport(for credentials: PeerCredentials, preference: DatagramTransport) -> DatagramTransport {
         if preference == .sharedMemory || configuration.datagramTransport == .sharedMemory { return .sharedMemory }
+        if demotedPIDs.contains(credentials.pid) { return .sharedMemory }
         let permitted: Bool
         switch yamaPtraceScope {
         case nil, 0?: permitted = credentials.uid == getuid() || credentials.uid == 0

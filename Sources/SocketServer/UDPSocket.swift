@@ -431,9 +431,12 @@ final class UDPSocket: ServerSocket {
                 receiveCharges[i] = 0
             }
         }
+        // The session is ending (not the app closing this socket): with process-vm the library may
+        // still be writing into these buffers.
+        let quarantine = transport == .processVM && session.isClosed
         for i in sendPbufs.indices {
             if let p = sendPbufs[i] {
-                pbuf_free(p)
+                if quarantine { session.quarantined.append(p) } else { pbuf_free(p) }
                 sendPbufs[i] = nil
                 releaseBuffer()
             }

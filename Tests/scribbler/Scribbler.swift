@@ -98,7 +98,6 @@ struct Scribbler {
         // Every channel is created before any connection is made, and each connection is accepted
         // before the next is made, so the server's first-fit allocator places them in this order.
         let stream = geometry.layout(.stream, transport: transport)
-        let datagram = geometry.layout(.datagram, transport: transport)
         var next = ChannelLayout.align(Int(CSHIMS_SEGMENT_HEADER_SIZE))
         var placed: [(String, Int, ChannelLayout)] = []
         func place(_ name: String, _ layout: ChannelLayout) -> Int {
@@ -114,6 +113,10 @@ struct Scribbler {
         }
         let tcp = Int32(SOCK_STREAM.rawValue), udp = Int32(SOCK_DGRAM.rawValue)
         let listener = try socket(tcp)
+        // The session's real transport: a process the server ended a process-vm session of gets
+        // shared memory until it exits (the server's quarantine of its buffers).
+        guard let transport = try? Socket.datagramTransport() else { throw failure("datagram transport") }
+        let datagram = geometry.layout(.datagram, transport: transport)
         guard let segment = OwnSegment.find(excluding: previous) else { fail("no segment of ours in /proc/self/maps") }
         var s = Session(segment: segment)
         s.listener = listener

@@ -107,6 +107,8 @@ static inline uint32_t cstack_tcp_keep_cnt(const struct tcp_pcb *pcb) { return p
 static inline void cstack_tcp_set_keep_cnt(struct tcp_pcb *pcb, uint32_t n) { pcb->keep_cnt = n; }
 /// Fills a Linux `struct tcp_info` (up to len bytes) with what lwIP knows; returns bytes written.
 size_t cstack_tcp_info(const struct tcp_pcb *pcb, void *out, size_t len);
+/// pidfd_open(pid, 0): a descriptor that polls readable once the process has exited; -1 and errno.
+int cstack_pidfd_open(int pid);
 /// For a connection between two of the stack's own addresses: the callback argument of the other
 /// end's pcb (the connecting side, seen from an accepted pcb), or NULL when it is not local.
 void *cstack_tcp_local_peer_arg(const struct tcp_pcb *pcb);
