@@ -35,6 +35,9 @@ final class Session {
     /// process-vm send buffers of this session's released sockets, which the client may still be
     /// writing into (see `SocketServer+Quarantine.swift`).
     var quarantined: [UnsafeMutablePointer<pbuf>] = []
+    /// The client closed its control socket (exited, or let its connection go): its library no
+    /// longer writes into our buffers, so nothing needs quarantine.
+    private(set) var clientHungUp = false
     /// Log lines about refused connections: at most one a second.
     var acceptRefusalLog = LogThrottle()
     private var malformedLog = LogThrottle()
@@ -70,6 +73,7 @@ final class Session {
                 packet = p
             } catch {
                 if error.code != .peerClosed { logger.debug("control socket: \(error)") }
+                clientHungUp = true
                 return false
             }
             // Clients never send descriptors: close any so they cannot pile up here.

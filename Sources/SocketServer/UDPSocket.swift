@@ -431,9 +431,10 @@ final class UDPSocket: ServerSocket {
                 receiveCharges[i] = 0
             }
         }
-        // The session is ending (not the app closing this socket): with process-vm the library may
-        // still be writing into these buffers.
-        let quarantine = transport == .processVM && session.isClosed
+        // The server is ending the session of a client still connected (not the app closing this
+        // socket, not the client hanging up): with process-vm its library may still be writing into
+        // these buffers.
+        let quarantine = transport == .processVM && session.isClosed && !session.clientHungUp
         for i in sendPbufs.indices {
             if let p = sendPbufs[i] {
                 if quarantine { session.quarantined.append(p) } else { pbuf_free(p) }

@@ -129,7 +129,10 @@ struct ControlDescriptorFuzzTests {
             var bytes: [UInt8]
             switch n % 6 {
             case 0, 1: bytes = ControlMessage(requestID: UInt32(n), Self.randomRequest(&rng, handles: handles)).encoded()
-            case 2: bytes = ControlMessage(requestID: UInt32(n), .hello(version: ControlMessage.version, transport: rng.pick([.auto, .sharedMemory, .processVM]))).encoded()
+            // Shared memory only: the server keeps the process-vm send buffers of a session it ends
+            // (and a pidfd) until the client process exits, and this client is the test process
+            // itself, whose descriptor count is checked below. The scribbler test covers process-vm.
+            case 2: bytes = ControlMessage(requestID: UInt32(n), .hello(version: ControlMessage.version, transport: .sharedMemory)).encoded()
             case 3: bytes = (0..<rng.below(600)).map { _ in UInt8(rng.below(256)) }
             case 4:
                 bytes = ControlMessage(requestID: UInt32(n), Self.randomRequest(&rng, handles: handles)).encoded()

@@ -396,9 +396,18 @@ struct ServerAdmissionTests {
         let socketPath = directory + "/socket"
         TestFiles.removeTree(directory)
         defer { TestFiles.removeTree(directory) }
+        // uid 65534 must be able to run the server wherever the checkout is (a fresh clone may sit in a
+        // 0700 directory): run a copy from a directory anyone can read.
+        let binDirectory = "/tmp/sko-nobody-bin-\(getpid())"
+        let binary = binDirectory + "/socket-server"
+        TestFiles.removeTree(binDirectory)
+        try #require(mkdir(binDirectory, 0o755) == 0 && chmod(binDirectory, 0o755) == 0, "mkdir \(binDirectory): \(Errno.current)")
+        defer { TestFiles.removeTree(binDirectory) }
+        let copy = try ChildProcess("cp", [TestBinaries.path("socket-server"), binary], name: "cp")
+        try #require(copy.finish(timeout: 30).0 == .exited(0) && chmod(binary, 0o755) == 0, "copy the server: \(copy.diagnostics)")
         func start() throws -> ChildProcess {
             try ChildProcess("setpriv", ["--reuid", "65534", "--regid", "65534", "--clear-groups", "env", "-u", "SOCKET_SERVER_PATH",
-                                         "-u", "XDG_RUNTIME_DIR", TestBinaries.path("socket-server"), "--log-level", "info"],
+                                         "-u", "XDG_RUNTIME_DIR", binary, "--log-level", "info"],
                              name: "socket-server-nobody", orphanFiles: [socketPath])
         }
         func refusal(_ why: String) throws {
