@@ -222,12 +222,25 @@ int cstack_is_local_address(const ip_addr_t *ip) {
 }
 
 void cstack_loopback_poll_all(void) {
-    // Packets that ip_input loops in turn (replies) join the queue and are delivered in this loop.
-    while (cstack_loop_count > 0) {
+    // Packets that ip_input loops in turn (replies) join the queue and are delivered in this loop,
+    // but only so many: two of lwIP's connections whose receive windows are both closed answer each
+    // other's pure ACKs with pure ACKs for ever (tcp_receive ACKs every segment outside a zero
+    // window), and an unbounded loop then keeps the stack thread here, so the applications are never
+    // served, never read, and the windows never open (seen: the server at 100% CPU in this loop and
+    // a 1 GiB echo stalled). Bounded, the rest waits for the next batch (the eventfd brings it back
+    // at once), the event loop serves the applications in between, and their reads open a window,
+    // which ends such an exchange.
+    size_t budget = cstack_loop_count + 64;
+    while (cstack_loop_count > 0 && budget-- > 0) {
         struct cstack_looped next = cstack_loop_queue[cstack_loop_head];
         cstack_loop_head = (cstack_loop_head + 1) % cstack_loop_capacity;
         cstack_loop_count--;
         if (!netif_is_up(next.netif) || ip_input(next.p, next.netif) != ERR_OK) pbuf_free(next.p);
+    }
+    if (cstack_loop_count > 0 && cstack_loop_eventfd >= 0) {
+        uint64_t one = 1;
+        ssize_t ignored = write(cstack_loop_eventfd, &one, sizeof one);
+        (void)ignored;
     }
 }
 

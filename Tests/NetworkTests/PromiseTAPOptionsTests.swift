@@ -133,4 +133,15 @@ struct PromiseTAPOptionsTests {
             #expect(lines.contains { $0.contains("> \(net.kernelIPv4).\(9100 + round): UDP, length 100") }, "datagram \(round) never left: \(lines)")
         }
     }
+    /// README: a connect nobody answers fails with ETIMEDOUT. The host does not exist on the link (no
+    /// ARP answer), so lwIP's SYN retries run out: about 90 s of waiting (the test mostly sleeps).
+    @Test("a connect to a host that never answers fails with ETIMEDOUT")
+    func connectTimesOut() throws {
+        let net = try TAPNetwork.make("synto", subnet: 15)
+        defer { net.teardown() }
+        try net.startServer()
+        let absent = "10.77.15.99"
+        let r = try net.runStack("net-peer", ["tcp-source", net.socketPath, absent, "9", "/dev/null"], timeoutSeconds: 300)
+        #expect(!r.succeeded && r.output.contains("errno \(ETIMEDOUT)"), "connect to \(absent): \(r)")
+    }
 }
