@@ -142,10 +142,7 @@ final class Session {
     private func hello(version: UInt16, preference: DatagramTransport) -> (Reply, [Int32], keepOpen: Bool) {
         guard segment == nil else { return (.error(EISCONN), [], true) }
         guard version == ControlMessage.version else { return (.error(EPROTONOSUPPORT), [], false) }
-        guard server.isAllowed(uid: credentials.uid) else {
-            logger.warning("refused client of uid \(credentials.uid) (see --allow-uid)")
-            return (.error(EACCES), [], false)
-        }
+        // (The uid was checked at accept: a refused one never gets here.)
         if let refusal = server.admitHello(self) { return (.error(refusal), [], false) }
         transport = server.transport(for: credentials, preference: preference)
         let seg: SharedSegment

@@ -351,10 +351,7 @@ public final class SocketServer {
             refuse(fd, EACCES)
             return
         }
-        guard sessions.count - pending.count < configuration.maxClients else {
-            if let held = refusalLog.admit() {
-                logger.warning("refusing client pid \(credentials.pid): --max-clients \(configuration.maxClients) reached\(Self.more(held))")
-            }
+        guard hasClientSlot(for: credentials.pid) else {
             refuse(fd, EUSERS)
             return
         }
@@ -404,15 +401,19 @@ public final class SocketServer {
         return fd >= 0 && reserveFD >= 0
     }
 
+    /// Whether a client slot is free (`--max-clients` counts sessions past HELLO); logs a refusal.
+    private func hasClientSlot(for pid: Int32) -> Bool {
+        guard sessions.count - pending.count >= configuration.maxClients else { return true }
+        if let held = refusalLog.admit() {
+            logger.warning("refusing client pid \(pid): --max-clients \(configuration.maxClients) reached\(Self.more(held))")
+        }
+        return false
+    }
+
     /// A pending session asks to become a client (its HELLO, after the uid check).
     /// - Returns: nil when admitted, else the errno to refuse it with (the session then ends).
     func admitHello(_ session: Session) -> Int32? {
-        guard sessions.count - pending.count < configuration.maxClients else {
-            if let held = refusalLog.admit() {
-                logger.warning("refusing client pid \(session.credentials.pid): --max-clients \(configuration.maxClients) reached\(Self.more(held))")
-            }
-            return EUSERS
-        }
+        guard hasClientSlot(for: session.credentials.pid) else { return EUSERS }
         pending.removeValue(forKey: session.id)
         if listenerPaused && pending.count < configuration.maxPendingClients { resumeListener() }
         return nil

@@ -158,18 +158,30 @@ struct ServerAdmissionTests {
         #expect(!refused.isEmpty, "80 more clients fit in 256 descriptors next to \(opened) sockets?\n\(server.log)")
 
         // Everything is held: the server must sleep, not spin on a listener it cannot accept from.
-        let share = try #require(Self.cpuShare(server.pid, over: 2), "cannot read /proc/\(server.pid)/stat")
-        #expect(share < 0.01, "the server used \(Int(share * 100))% of a CPU over 2 s while idle at its descriptor limit\n\(server.log)")
+        try Self.expectIdle(server)
 
         // Once the clients leave, the server's descriptors come back and it serves a new client.
         greedy = nil
         served.removeAll() // closes them
         silent.removeAll()
+        try Self.expectRecovered(server, baseline: baseline, port: 7451)
+    }
+
+    /// The server uses under 1% of a CPU over 2 s (it sleeps while it cannot accept).
+    static func expectIdle(_ server: some RunningServer, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let share = try #require(cpuShare(server.pid, over: 2), "cannot read /proc/\(server.pid)/stat", sourceLocation: sourceLocation)
+        #expect(share < 0.01, "the server used \(Int(share * 100))% of a CPU over 2 s while idle at its descriptor limit\n\(server.log)",
+                sourceLocation: sourceLocation)
+    }
+
+    /// After every client left: the server's descriptors are back to `baseline` and a new client round-trips.
+    static func expectRecovered(_ server: some RunningServer, baseline: Int, port: UInt16, sourceLocation: SourceLocation = #_sourceLocation) throws {
         var now = -1
         #expect(waitUntil(timeout: 5) { now = ProcStats.descriptorTargets(server.pid)?.count ?? -1; return now <= baseline },
-                "descriptors: \(baseline) at start, \(now) after every client left: \(Self.descriptorSummary(server.pid))\n\(server.log)")
-        let r = try FailureTests.roundTrip(server.socketPath, port: 7451)
-        #expect(r.status == .exited(0) && r.line.hasPrefix("round-trip=ok"), "\(r.diagnostics)\n\(server.log)")
+                "descriptors: \(baseline) at start, \(now) after every client left: \(descriptorSummary(server.pid))\n\(server.log)",
+                sourceLocation: sourceLocation)
+        let r = try FailureTests.roundTrip(server.socketPath, port: port)
+        #expect(r.status == .exited(0) && r.line.hasPrefix("round-trip=ok"), "\(r.diagnostics)\n\(server.log)", sourceLocation: sourceLocation)
     }
 
     @Test("descriptor limit lowered under a running server: accept failures are refused or backed off, never spun on")
@@ -188,8 +200,7 @@ struct ServerAdmissionTests {
         (served, refused, other) = Self.connectClients(server.socketPath, count: 60)
         #expect(other.isEmpty, "clients at the lowered limit: \(other)\n\(server.log)")
         #expect(!refused.isEmpty, "60 clients fit in \(limit - baseline) spare descriptors?\n\(server.log)")
-        let share = try #require(Self.cpuShare(server.pid, over: 2), "cannot read /proc/\(server.pid)/stat")
-        #expect(share < 0.01, "the server used \(Int(share * 100))% of a CPU over 2 s while idle at its descriptor limit\n\(server.log)")
+        try Self.expectIdle(server)
         // One warning now and then, not one per failed accept.
         let log = server.logPath.flatMap { TestFiles.read($0) } ?? ""
         let warnings = log.split(separator: "\n").filter { $0.contains("accept") }.count
@@ -197,10 +208,7 @@ struct ServerAdmissionTests {
 
         served.removeAll() // closes them
         silent.removeAll()
-        #expect(waitUntil(timeout: 5) { server.openDescriptorCount <= baseline },
-                "descriptors did not come back to \(baseline): \(Self.descriptorSummary(server.pid))\n\(server.log)")
-        let r = try FailureTests.roundTrip(server.socketPath, port: 7452)
-        #expect(r.status == .exited(0) && r.line.hasPrefix("round-trip=ok"), "\(r.diagnostics)\n\(server.log)")
+        try Self.expectRecovered(server, baseline: baseline, port: 7452)
     }
 
     // MARK: connections that never say HELLO
@@ -446,3 +454,13 @@ struct ServerAdmissionTests {
         #expect(r.line.hasPrefix("round-trip=ok"), "its own user: \(r.diagnostics)\n\(server.diagnostics)")
     }
 }
+
+/// What the admission checks need of a server, whether ServerProcess or a LimitedServer.
+protocol RunningServer {
+    var pid: pid_t { get }
+    var socketPath: String { get }
+    var log: String { get }
+}
+
+extension ServerProcess: RunningServer {}
+extension ServerAdmissionTests.LimitedServer: RunningServer {}
