@@ -299,25 +299,37 @@ int cstack_read_signal(int fd) {
 // MARK: TCP
 
 size_t cstack_tcp_info(const struct tcp_pcb *pcb, void *out, size_t len) {
-    // lwIP state -> Linux TCP_* state numbers.
-    static const uint8_t linux_state[] = {7, 10, 2, 3, 1, 4, 5, 8, 11, 9, 6};
+    // lwIP state -> Linux TCP_* state numbers. TIME_WAIT reports CLOSE: Linux moves a connection in
+    // TIME_WAIT to a separate mini-socket, and the application's socket is then in CLOSE.
+    static const uint8_t linux_state[] = {7, 10, 2, 3, 1, 4, 5, 8, 11, 9, 7};
     struct tcp_info info;
     memset(&info, 0, sizeof info);
-    int state = (int)pcb->state;
+    int state = pcb ? (int)pcb->state : CLOSED;
     info.tcpi_state = (state >= 0 && state < 11) ? linux_state[state] : 7;
-    info.tcpi_retransmits = pcb->nrtx;
-    info.tcpi_snd_mss = tcp_mss(pcb);
-    info.tcpi_rcv_mss = pcb->mss;
-    info.tcpi_rto = (uint32_t)pcb->rto * TCP_SLOW_INTERVAL * 1000u;       // us
-    info.tcpi_rtt = (uint32_t)(pcb->sa >> 3) * TCP_SLOW_INTERVAL * 1000u; // us (smoothed, coarse)
-    info.tcpi_rttvar = (uint32_t)pcb->sv * TCP_SLOW_INTERVAL * 1000u;
-    info.tcpi_snd_ssthresh = pcb->ssthresh / tcp_mss(pcb);
-    info.tcpi_snd_cwnd = pcb->cwnd / tcp_mss(pcb);
-    info.tcpi_rcv_space = pcb->rcv_wnd;
-    info.tcpi_unacked = pcb->snd_queuelen;
+    // A listener is a struct tcp_pcb_listen: it has none of the fields below.
+    if (pcb && state != LISTEN) {
+        info.tcpi_retransmits = pcb->nrtx;
+        info.tcpi_snd_mss = tcp_mss(pcb);
+        info.tcpi_rcv_mss = pcb->mss;
+        info.tcpi_rto = (uint32_t)pcb->rto * TCP_SLOW_INTERVAL * 1000u;       // us
+        info.tcpi_rtt = (uint32_t)(pcb->sa >> 3) * TCP_SLOW_INTERVAL * 1000u; // us (smoothed, coarse)
+        info.tcpi_rttvar = (uint32_t)pcb->sv * TCP_SLOW_INTERVAL * 1000u;
+        info.tcpi_snd_ssthresh = pcb->ssthresh / tcp_mss(pcb);
+        info.tcpi_snd_cwnd = pcb->cwnd / tcp_mss(pcb);
+        info.tcpi_rcv_space = pcb->rcv_wnd;
+        info.tcpi_unacked = pcb->snd_queuelen;
+    }
     size_t n = len < sizeof info ? len : sizeof info;
     memcpy(out, &info, n);
     return n;
+}
+
+int cstack_tcp_port_listening(const ip_addr_t *ip, uint16_t port) {
+    for (struct tcp_pcb_listen *l = tcp_listen_pcbs.listen_pcbs; l != NULL; l = l->next) {
+        if (l->local_port != port) continue;
+        if (ip_addr_isany(&l->local_ip) || ip_addr_isany(ip) || ip_addr_cmp(&l->local_ip, ip)) return 1;
+    }
+    return 0;
 }
 
 struct tcp_pcb *cstack_tcp_listen(struct tcp_pcb *pcb, uint8_t backlog, err_t *err) {

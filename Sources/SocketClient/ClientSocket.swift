@@ -151,7 +151,11 @@ class ClientSocket: @unchecked Sendable {
     }
 
     /// The server died: readable (a read reports ENETDOWN) and writable (a write does too).
-    func wakeForServerDeath() {
+    func wakeForServerDeath() { signalLocally() }
+
+    /// Makes the descriptor readable and writable from this process (server death, our own
+    /// SHUT_RD): blocked callers and pollers wake and look again.
+    func signalLocally() {
         eventLock.withLock {
             counterMayHoldCount = true
             if !gate.release() { _ = cshims_eventfd_write(fd, 1) }
@@ -177,6 +181,9 @@ class ClientSocket: @unchecked Sendable {
     func receive(_ buffers: [UnsafeMutableRawBufferPointer], flags: Int32) throws(Errno) -> (count: Int, full: Int, from: SocketAddress?, truncated: Bool) {
         throw Errno(EOPNOTSUPP)
     }
+
+    /// SO_ERROR when the client keeps the socket's error itself (nil: ask the server).
+    func takeSocketError() -> Int32? { nil }
 
     /// Bytes ready to read (FIONREAD).
     func bytesReadable() throws(Errno) -> Int { 0 }

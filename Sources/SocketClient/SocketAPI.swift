@@ -63,6 +63,8 @@ final class ClientState: Sendable {
     }
 }
 
+private func int32Bytes(_ v: Int32) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
+
 /// Runs `body`, turning a thrown `Errno` into -1 + errno.
 @inline(__always)
 func bsd<R: FixedWidthInteger>(_ body: () throws(Errno) -> R) -> R {
@@ -312,6 +314,8 @@ public func sko_getsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: 
             let ms = Int(name == SO_RCVTIMEO ? s.receiveTimeout.load(ordering: .relaxed) : s.sendTimeout.load(ordering: .relaxed))
             var tv = timeval(tv_sec: ms < 0 ? 0 : ms / 1000, tv_usec: ms < 0 ? 0 : (ms % 1000) * 1000)
             result = withUnsafeBytes(of: &tv) { Array($0) }
+        } else if level == SOL_SOCKET && name == SO_ERROR, let err = s.takeSocketError() {
+            result = int32Bytes(err)
         } else {
             let max = UInt32(min(Int(len.pointee), ControlMessage.maximumOptionLength))
             guard case .option(let bytes) = try s.request(.getsockopt(handle: s.info.handle, level: level, name: name, maxLength: max)) else {

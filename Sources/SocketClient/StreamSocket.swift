@@ -18,11 +18,23 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
     private let receiveRing: StreamRingConsumer
     private let sendRing: StreamRingProducer
 
+    /// Linux's socket states as the app sees them. A failed attempt is `.connecting` with the
+    /// channel's error bit set (Linux: SS_CONNECTING over a socket in CLOSE): the next connect
+    /// reports the error (or ECONNABORTED) and the socket is `.fresh` again.
     enum State { case fresh, connecting, connected, listening }
     private let state = Mutex<State>(.fresh)
-    /// The connection's error (reset, refused...) was reported once; later calls see EOF / EPIPE.
+    /// The connection's error (reset, refused...) was reported once (by a call or SO_ERROR);
+    /// later calls see EOF / EPIPE, and POLLERR is gone.
     private let errorReported = Atomic<Bool>(false)
-    private let writeShut = Atomic<Bool>(false)
+    /// The directions the app shut (1: SHUT_RD, 2: SHUT_WR), as Linux's sk_shutdown: a shutdown
+    /// of an unconnected socket fails with ENOTCONN and is recorded all the same.
+    private let localShutdown = Atomic<UInt8>(0)
+    /// A non-blocking connect whose outcome the app has not learnt from `connect`: once it has
+    /// completed, the next connect returns 0 (then EISCONN), as on Linux.
+    private let connectOutcomePending = Atomic<Bool>(false)
+
+    private static let shutRead: UInt8 = 1
+    private static let shutWrite: UInt8 = 2
 
     override init(connection: ServerConnection, info: ChannelInfo, domain: Int32, type: Int32, fd: Int32, stackFD: Int32) throws(Errno) {
         guard info.kind == .stream, info.receiveSize > 0, info.sendSize > 0 else { throw Errno(EPROTO) }
@@ -54,15 +66,51 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
 
     private var failed: Bool { view.events & CSHIMS_EV_ERROR != 0 }
 
+    /// SO_ERROR: the pending error, taken (0 when there is none).
+    override func takeSocketError() -> Int32? { takeError()?.rawValue ?? 0 }
+
+    /// The socket is unconnected again (a failed attempt reported, a disconnect, a listener shut
+    /// down). Bytes left in the receive ring belonged to the old connection: they are dropped.
+    private func becomeFresh(errorTaken: Bool) {
+        state.withLock { $0 = .fresh }
+        localShutdown.store(0, ordering: .relaxed)
+        connectOutcomePending.store(false, ordering: .relaxed)
+        errorReported.store(errorTaken, ordering: .relaxed)
+        receiveLock.withLock {
+            if let n = try? receiveRing.available(), n > 0 { receiveRing.consume(n) }
+        }
+    }
+
+    /// The outcome of a failed attempt, for the connect that learns of it: the error, or
+    /// ECONNABORTED when SO_ERROR (or another call) took it first (Linux's sock_error path).
+    private func failedAttempt() -> Errno {
+        let err = takeError() ?? Errno(ECONNABORTED)
+        becomeFresh(errorTaken: true)
+        return err
+    }
+
     // MARK: connect, listen, accept
 
     override func connect(to address: SocketAddress) throws(Errno) {
+        if address.family == .unspecified {
+            // Disconnect (Linux's tcp_disconnect): a connection is reset, an attempt abandoned.
+            _ = try request(.connect(handle: info.handle, address: address))
+            becomeFresh(errorTaken: false)
+            gate.release()
+            return
+        }
         switch currentState() {
-        case .connected: throw Errno(EISCONN)
-        case .connecting: throw Errno(EALREADY)
-        case .listening: throw Errno(EINVAL)
+        case .connected:
+            if connectOutcomePending.exchange(false, ordering: .relaxed) { return }
+            throw Errno(EISCONN)
+        case .connecting:
+            if failed { throw failedAttempt() }
+            throw Errno(EALREADY)
+        case .listening: throw Errno(EISCONN)
         case .fresh: break
         }
+        errorReported.store(false, ordering: .relaxed)
+        localShutdown.store(0, ordering: .relaxed)
         // Unwritable until the server reports the outcome (POLLOUT then means "connect finished").
         eventLock.withLock { gate.block() }
         let reply: Reply
@@ -82,17 +130,21 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
             gate.release()
             throw Errno(EPROTO)
         }
-        if nonBlocking.load(ordering: .relaxed) { throw Errno(EINPROGRESS) }
+        if nonBlocking.load(ordering: .relaxed) {
+            connectOutcomePending.store(true, ordering: .relaxed)
+            throw Errno(EINPROGRESS)
+        }
         let deadline = self.deadline(sendTimeout.load(ordering: .relaxed))
         while true {
             if currentState() == .connected { return }
-            if let err = takeError() { throw err }
-            if failed { throw Errno(ECONNABORTED) }
+            if failed { throw failedAttempt() }
             try checkServer()
             do {
                 try waitFor(Int16(POLLOUT), until: deadline)
             } catch where error.rawValue == EAGAIN {
-                throw Errno(EINPROGRESS) // SO_SNDTIMEO elapsed: the connect goes on in the background
+                // SO_SNDTIMEO elapsed: the connect goes on in the background.
+                connectOutcomePending.store(true, ordering: .relaxed)
+                throw Errno(EINPROGRESS)
             }
         }
     }
@@ -128,6 +180,8 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
                 try waitFor(Int16(POLLIN), until: deadline)
             case .error(let err):
                 for fd in fds { Glibc.close(fd) }
+                // EINVAL: the listener was shut down (it is an unconnected socket now).
+                if err == EINVAL { state.withLock { if $0 == .listening { $0 = .fresh } } }
                 throw Errno(err)
             default:
                 for fd in fds { Glibc.close(fd) }
@@ -150,7 +204,7 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
                     if total > 0 { return total }
                     throw err
                 }
-                if writeShut.load(ordering: .relaxed) || failed || view.events & CSHIMS_EV_WRITE_SHUT != 0 {
+                if localShutdown.load(ordering: .relaxed) & Self.shutWrite != 0 || failed || view.events & CSHIMS_EV_WRITE_SHUT != 0 {
                     if total > 0 { return total }
                     throw Errno(EPIPE)
                 }
@@ -216,8 +270,10 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
         let wanted = buffers.reduce(0) { $0 + $1.count }
         let n = try receiveLock.withLock { () throws(Errno) -> Int in
             switch currentState() {
-            case .listening: throw Errno(EINVAL)
-            case .fresh: throw Errno(ENOTCONN)
+            case .listening: throw Errno(ENOTCONN)
+            case .fresh:
+                if localShutdown.load(ordering: .relaxed) & Self.shutRead != 0 { return 0 }
+                throw Errno(ENOTCONN)
             case .connecting, .connected: break
             }
             var total = 0
@@ -237,14 +293,15 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
                     if !waitAll || total == wanted { return total }
                     continue
                 }
-                if wanted == 0 { return 0 }
+                // A 0-byte read waits like any other (Linux's target is one byte), and returns 0.
+                if wanted == 0 && available > 0 { return 0 }
                 let events = view.events
                 if events & CSHIMS_EV_ERROR != 0 {
                     if total > 0 { return total }
                     if let err = takeError() { throw err }
                     return 0
                 }
-                if events & CSHIMS_EV_READ_EOF != 0 { return total }
+                if events & CSHIMS_EV_READ_EOF != 0 || localShutdown.load(ordering: .relaxed) & Self.shutRead != 0 { return total }
                 if total > 0 && !waitAll { return total }
                 try checkServer()
                 if try acknowledgeAndRecheck(readable) { continue }
@@ -282,35 +339,75 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
 
     override var waitsForRoomWithGate: Bool { currentState() == .connected }
 
+    /// Readiness as Linux's tcp_poll computes it: POLLHUP once both directions are shut (or the
+    /// socket is in CLOSE), POLLIN|POLLRDHUP once the read side is (the peer's FIN or our SHUT_RD),
+    /// POLLERR while an error waits to be taken, POLLOUT while a third of the send ring is free
+    /// (sk_stream_is_writeable's hysteresis), and RDNORM/WRNORM alongside IN/OUT.
     override func readiness() -> Int16 {
         if connection.isDead { return super.readiness() }
         let events = view.events
         let failed = events & CSHIMS_EV_ERROR != 0
+        let shut = localShutdown.load(ordering: .relaxed)
         var r: Int16 = 0
-        if failed && !errorReported.load(ordering: .relaxed) { r |= Int16(POLLERR) }
-        if events & CSHIMS_EV_HUP != 0 || (failed && events & CSHIMS_EV_RESET != 0) { r |= Int16(POLLHUP) }
         switch currentState() {
         case .listening:
             if view.pendingAccepts > 0 { r |= Int16(POLLIN) }
         case .fresh:
-            r |= Int16(POLLOUT | POLLHUP) // as Linux reports a socket that is not connected
+            r |= Int16(POLLOUT | POLLHUP) // CLOSE
+            if shut & Self.shutRead != 0 { r |= Int16(POLLIN) | POLLRDHUP_ }
         case .connecting:
-            if failed { r |= Int16(POLLIN | POLLOUT) }
+            // A failed attempt: CLOSE with both directions shut (tcp_done).
+            if failed { r |= Int16(POLLIN | POLLOUT | POLLHUP) | POLLRDHUP_ }
         case .connected:
-            if receiveRing.sharedAvailable() > 0 || events & (CSHIMS_EV_READ_EOF | CSHIMS_EV_ERROR) != 0 { r |= Int16(POLLIN) }
-            if events & CSHIMS_EV_READ_EOF != 0 { r |= POLLRDHUP_ }
-            if sendRing.sharedFreeSpace() > 0 || failed || writeShut.load(ordering: .relaxed) { r |= Int16(POLLOUT) }
+            let readClosed = failed || events & CSHIMS_EV_READ_EOF != 0 || shut & Self.shutRead != 0
+            let writeClosed = failed || events & CSHIMS_EV_WRITE_SHUT != 0 || shut & Self.shutWrite != 0
+            if receiveRing.sharedAvailable() > 0 || readClosed { r |= Int16(POLLIN) }
+            if readClosed { r |= POLLRDHUP_ }
+            if (readClosed && writeClosed) || events & CSHIMS_EV_HUP != 0 { r |= Int16(POLLHUP) }
+            if writeClosed || 3 * sendRing.sharedFreeSpace() >= Int(info.sendSize) { r |= Int16(POLLOUT) }
         }
+        if failed && !errorReported.load(ordering: .relaxed) && currentState() != .fresh { r |= Int16(POLLERR) }
+        if r & Int16(POLLIN) != 0 { r |= Int16(POLLRDNORM) }
+        if r & Int16(POLLOUT) != 0 { r |= Int16(POLLWRNORM) }
         return r
     }
 
     override func bytesReadable() throws(Errno) -> Int {
+        if currentState() == .listening { throw Errno(EINVAL) }
         do { return try receiveRing.available() } catch { throw Errno(EPROTO) }
     }
 
+    /// Linux's inet_shutdown, state by state.
     override func shutdown(_ how: Int32) throws(Errno) {
-        guard currentState() == .connected else { throw Errno(ENOTCONN) }
-        _ = try request(.shutdown(handle: info.handle, how: how))
-        if how == SHUT_WR || how == SHUT_RDWR { writeShut.store(true, ordering: .relaxed) }
+        let bits: UInt8 = how == SHUT_RD ? Self.shutRead : how == SHUT_WR ? Self.shutWrite : Self.shutRead | Self.shutWrite
+        switch currentState() {
+        case .fresh:
+            localShutdown.bitwiseOr(bits, ordering: .relaxed)
+            throw Errno(ENOTCONN)
+        case .listening:
+            // SHUT_RD stops listening (a blocked accept fails with EINVAL); SHUT_WR does nothing.
+            _ = try request(.shutdown(handle: info.handle, how: how))
+            if how != SHUT_WR { state.withLock { $0 = .fresh } }
+            return
+        case .connecting:
+            if failed { // CLOSE
+                localShutdown.bitwiseOr(bits, ordering: .relaxed)
+                throw Errno(ENOTCONN)
+            }
+            // The attempt is abandoned.
+            _ = try request(.shutdown(handle: info.handle, how: how))
+            becomeFresh(errorTaken: false)
+            gate.release()
+            return
+        case .connected:
+            if failed { // reset: CLOSE
+                localShutdown.bitwiseOr(bits, ordering: .relaxed)
+                throw Errno(ENOTCONN)
+            }
+        }
+        if bits & Self.shutWrite != 0 { _ = try request(.shutdown(handle: info.handle, how: Int32(SHUT_WR))) }
+        localShutdown.bitwiseOr(bits, ordering: .relaxed)
+        // Readers blocked on this socket return 0 now.
+        if bits & Self.shutRead != 0 { signalLocally() }
     }
 }

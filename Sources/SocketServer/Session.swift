@@ -267,16 +267,20 @@ final class Session {
         guard let socket = sockets.removeValue(forKey: handle) else { return }
         server.loop.remove(socket.stackEvent.fd)
         if let tcp = socket as? TCPSocket {
-            if tcp.role == .listener {
-                // Connections nobody accepted are reset, as the kernel does.
-                while let pending = tcp.takePendingConnection() { closeSocket(pending) }
-            }
+            // Connections nobody accepted are reset, as the kernel does.
+            if tcp.role == .listener { tcp.resetUnacceptedConnections() }
             if !tcp.closeByApp() {
                 closing.append(tcp)
                 return
             }
         }
         releaseChannel(of: socket)
+    }
+
+    /// Resets and releases a connection a listener queued that the app never accepted.
+    func resetUnaccepted(_ handle: UInt32) {
+        (sockets[handle] as? TCPSocket)?.resetUnaccepted()
+        closeSocket(handle)
     }
 
     /// A closed connection finished draining (or failed while draining).

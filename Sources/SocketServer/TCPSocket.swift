@@ -36,7 +36,6 @@ final class TCPSocket: ServerSocket {
     private var peerClosed = false
     /// READ_EOF is in the channel's events (kept here: the client can rewrite the shared copy).
     private var eofDelivered = false
-    private var readShutdown = false
     private var writeShutdownRequested = false
     private var finSent = false
     private(set) var closeRequested = false
@@ -50,12 +49,37 @@ final class TCPSocket: ServerSocket {
     /// An accepted connection from another local client: that client's session id (see
     /// `Session+AcceptFairness.swift`).
     var acceptedFrom: UInt64?
+    /// Where the app bound explicitly: a fresh pcb (after a failed connect, a disconnect or a
+    /// listener's shutdown) is bound there again, as Linux keeps an explicit bind.
+    private var explicitBind: (ip: ip_addr_t, port: UInt16)?
+    /// Bytes in the receive ring from a connection that is gone: their consumption is not reported
+    /// to the new connection's window.
+    private var staleReceived: UInt64 = 0
+    /// TCP-level options, kept here as well as in the pcb: a listener's pcb has no room for them
+    /// (lwIP's tcp_pcb_listen lacks the fields; writing them there overwrote its accept callback
+    /// and crashed the server at the next connection), and its connections inherit them.
+    private var options = TCPOptions()
     // Listener state.
-    private var backlog = 0
+    /// Connections the app may accept: `listen`'s backlog plus one, as Linux counts.
+    private var acceptQueueLimit = 0
     private(set) var pendingConnections: [UInt32] = []
+    /// Established connections beyond the accept queue, not yet visible to `accept` (Linux drops
+    /// their SYN until there is room; a local connector stays "connecting" meanwhile).
+    private var overflowConnections: [(handle: UInt32, connector: WeakTCPSocket)] = []
 
     /// Largest listen backlog (Linux's default net.core.somaxconn).
     static let maximumBacklog: Int32 = 4096
+
+    /// How many connections `listen(backlog)` lets wait for `accept`: Linux caps the backlog at
+    /// somaxconn (a negative one, compared unsigned, too) and refuses only past backlog + 1.
+    static func acceptQueueLimit(_ backlog: Int32) -> Int {
+        Int(backlog < 0 ? maximumBacklog : min(backlog, maximumBacklog)) + 1
+    }
+
+    /// Resets every connection the app has not accepted (a listener closing or shutting down).
+    func resetUnacceptedConnections() {
+        for handle in takeAllUnaccepted() { session.resetUnaccepted(handle) }
+    }
 
     /// A fresh socket (not yet bound, listening or connected).
     override init(session: Session, handle: UInt32, domain: Int32, info: ChannelInfo, view: ChannelView,
@@ -69,6 +93,54 @@ final class TCPSocket: ServerSocket {
         }
         self.pcb = pcb
         tcp_arg(pcb, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// Replaces the pcb with a fresh one, bound again where the app bound it: after a failed
+    /// connect, a disconnect (`connect(AF_UNSPEC)`) or a listener's shutdown, the socket is a new,
+    /// unconnected socket, as Linux's goes back to CLOSE. The old connection is reset (a listener
+    /// is closed); bytes it left in the rings are dropped.
+    /// - Parameter keepEvents: leave the channel's events and error for the app to see (a failed
+    ///   connect); they are cleared when it connects again.
+    private func becomeFresh(keepEvents: Bool) {
+        if let pcb {
+            detachCallbacks(pcb)
+            if role == .listener { tcp_close(pcb) } else { tcp_abort(pcb) }
+            self.pcb = nil
+        }
+        for p in pending { pbuf_free(p) }
+        pending.removeAll()
+        pendingBytes = 0
+        pendingOffset = 0
+        peerClosed = false
+        eofDelivered = false
+        writeShutdownRequested = false
+        finSent = false
+        failed = false
+        awaitingLocalAccept = false
+        closingPolls = 0
+        if let available = try? tx.available(), available > 0 { tx.consume(available) }
+        if let free = try? rx.freeSpace() {
+            let used = UInt64(Int(rx.geometry.capacity) - free)
+            // Every byte not yet reported: consumed since the last report, or still unread.
+            if used <= rxWritten, rxWritten >= rxRecved { staleReceived = rxWritten - rxRecved }
+        }
+        role = .fresh
+        if !keepEvents {
+            view.clearEvents(~CSHIMS_EV_CLOSED)
+            view.setPendingError(0)
+            pendingError = 0
+        }
+        guard let fresh = tcp_new_ip_type(UInt8(domain == AF_INET6 ? IPADDR_TYPE_V6.rawValue : IPADDR_TYPE_V4.rawValue)) else {
+            failed = true
+            return
+        }
+        pcb = fresh
+        tcp_arg(fresh, Unmanaged.passUnretained(self).toOpaque())
+        options.apply(to: fresh)
+        if var bound = explicitBind {
+            // The port may be taken meanwhile (by another socket): then the socket is unbound.
+            if tcp_bind(fresh, &bound.ip, bound.port) != errOK { explicitBind = nil }
+        }
     }
 
     /// A connection accepted by a listener.
@@ -125,13 +197,14 @@ final class TCPSocket: ServerSocket {
     func received(_ p: UnsafeMutablePointer<pbuf>?) {
         guard let p else {
             peerClosed = true
+            if finSent, let pcb, cstack_tcp_state(pcb) == Int32(TIME_WAIT.rawValue) {
+                // FIN both ways, ours first: the connection is over for the app (Linux's socket is
+                // in CLOSE; TIME_WAIT lives on without it). lwIP frees the pcb after 2 MSL without
+                // telling us, so let go of it now.
+                detachCallbacks(pcb)
+                self.pcb = nil
+            }
             moveReceived()
-            return
-        }
-        if readShutdown {
-            // SHUT_RD: acknowledge and drop, as Linux does.
-            if let pcb { tcp_recved(pcb, cstack_pbuf_tot_len(p)) }
-            pbuf_free(p)
             return
         }
         pending.append(p)
@@ -213,6 +286,12 @@ final class TCPSocket: ServerSocket {
             return
         }
         var delta = rxWritten - used - rxRecved
+        if staleReceived > 0 {
+            let skip = min(delta, staleReceived)
+            staleReceived -= skip
+            rxRecved += skip
+            delta -= skip
+        }
         guard delta > 0 else { return }
         while delta > 0 {
             let chunk = UInt16(min(delta, 0xFFFF))
@@ -350,13 +429,37 @@ final class TCPSocket: ServerSocket {
     /// lwIP's err callback: the pcb is already freed.
     func errored(_ err: err_t) {
         pcb = nil
+        if Int32(err) == -15 {
+            closedInOrder()
+            return
+        }
         let code: Int32
         switch (role, Int32(err)) {
         case (.connecting, -14): code = ECONNREFUSED // RST in answer to our SYN
         case (.connecting, -13): code = ETIMEDOUT    // SYN retransmissions exhausted
+        case (_, -14) where peerClosed: code = EPIPE // reset after the peer's FIN (Linux: CLOSE_WAIT)
         default: code = errnoFor(err)
         }
+        let wasConnecting = role == .connecting
         fail(code, reset: Int32(err) == -14)
+        if closeRequested {
+            session.finishedClosing(self)
+        } else if wasConnecting {
+            // The attempt is over: the socket is unconnected again and may connect anew; the app
+            // still sees the error (SO_ERROR, POLLERR) until it takes it.
+            becomeFresh(keepEvents: true)
+        }
+    }
+
+    /// lwIP ended the connection after FIN both ways and the last ACK (ERR_CLSD): an orderly
+    /// close, not an error. The app reads what is left, then EOF.
+    private func closedInOrder() {
+        peerClosed = true
+        finSent = true
+        view.setEvents(CSHIMS_EV_WRITE_SHUT)
+        moveReceived()
+        toApp.notify()
+        gate.release()
         if closeRequested { session.finishedClosing(self) }
     }
 
@@ -377,12 +480,19 @@ final class TCPSocket: ServerSocket {
 
     func accepted(_ newpcb: UnsafeMutablePointer<tcp_pcb>) -> err_t {
         let connector = cstack_tcp_local_peer_arg(newpcb).map { Unmanaged<TCPSocket>.fromOpaque($0).takeUnretainedValue() }
-        guard pendingConnections.count < backlog,
+        let queueFull = pendingConnections.count >= acceptQueueLimit
+        // Beyond the accept queue, as many again wait unseen; past that the connection is refused.
+        guard !queueFull || overflowConnections.count < acceptQueueLimit,
               let socket = session.admitAcceptedConnection(newpcb, from: connector?.session, domain: domain,
                                                            port: pcb.map { cstack_tcp_local_port($0) } ?? 0)
         else {
             tcp_abort(newpcb) // a local connector is still connecting: it sees ECONNREFUSED
             return err_t(ERR_ABRT.rawValue)
+        }
+        options.apply(to: newpcb)
+        if queueFull {
+            overflowConnections.append((socket.handle, WeakTCPSocket(connector)))
+            return errOK
         }
         connector?.acceptedByLocalListener()
         pendingConnections.append(socket.handle)
@@ -391,12 +501,33 @@ final class TCPSocket: ServerSocket {
         return errOK
     }
 
-    /// The next connection to hand to the app, if any.
+    /// The next connection to hand to the app, if any. A connection waiting beyond the queue takes
+    /// the place it leaves (its local connector's connect completes now).
     func takePendingConnection() -> UInt32? {
         guard !pendingConnections.isEmpty else { return nil }
         let handle = pendingConnections.removeFirst()
+        if !overflowConnections.isEmpty {
+            let next = overflowConnections.removeFirst()
+            next.connector.socket?.acceptedByLocalListener()
+            pendingConnections.append(next.handle)
+        }
         view.setPendingAccepts(UInt32(pendingConnections.count))
         return handle
+    }
+
+    /// Every connection not yet accepted (to reset when the listener closes or shuts down).
+    func takeAllUnaccepted() -> [UInt32] {
+        let all = pendingConnections + overflowConnections.map(\.handle)
+        pendingConnections.removeAll()
+        overflowConnections.removeAll()
+        view.setPendingAccepts(0)
+        return all
+    }
+
+    /// An accepted connection nobody will take: reset it (Linux resets never-accepted connections
+    /// of a closed listener).
+    func resetUnaccepted() {
+        lingerZero = true
     }
 
     // MARK: control requests
@@ -412,11 +543,15 @@ final class TCPSocket: ServerSocket {
             case .success(let a): ip = a
             case .failure(let e): return .error(e.rawValue)
             }
+            // lwIP lets SO_REUSEADDR bind over a listener; Linux never does.
+            if address.port != 0 && cstack_tcp_port_listening(&ip, address.port) != 0 { return .error(EADDRINUSE) }
             let err = tcp_bind(pcb, &ip, address.port)
-            return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
+            guard err == errOK else { return .error(errnoFor(err)) }
+            explicitBind = (ip, address.port)
+            return .ok(value: 0)
         case .listen(_, let requested):
             if role == .listener {
-                backlog = Int(max(1, min(requested, Self.maximumBacklog)))
+                acceptQueueLimit = Self.acceptQueueLimit(requested)
                 return .ok(value: 0)
             }
             guard let pcb, role == .fresh else { return .error(EINVAL) }
@@ -429,18 +564,28 @@ final class TCPSocket: ServerSocket {
             guard let listener = cstack_tcp_listen(pcb, 255, &err) else { return .error(errnoFor(err)) }
             self.pcb = listener // lwIP freed the original pcb
             role = .listener
-            backlog = Int(max(1, min(requested <= 0 ? 128 : requested, Self.maximumBacklog)))
+            acceptQueueLimit = Self.acceptQueueLimit(requested)
             tcp_arg(listener, Unmanaged.passUnretained(self).toOpaque())
             tcp_accept(listener, tcpAccepted)
+            return .ok(value: 0)
+        case .connect(_, let address) where address.family == .unspecified:
+            // connect(AF_UNSPEC): disconnect. A connection is reset, an attempt abandoned, a
+            // listener closed; the socket is unconnected again (Linux's tcp_disconnect).
+            if role == .listener { resetUnacceptedConnections() }
+            if role != .fresh || failed { becomeFresh(keepEvents: false) }
             return .ok(value: 0)
         case .connect(_, let address):
             switch role {
             case .connecting: return .error(EALREADY)
             case .connected: return .error(EISCONN)
-            case .listener: return .error(EINVAL)
+            case .listener: return .error(EISCONN)
             case .fresh: break
             }
-            guard let pcb else { return .error(failed ? pendingError : EBADF) }
+            // A new attempt: what the last one left (its error, events) is forgotten.
+            view.clearEvents(~CSHIMS_EV_CLOSED)
+            view.setPendingError(0)
+            pendingError = 0
+            guard let pcb else { return .error(failed ? ENOBUFS : EBADF) }
             guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
             guard address.port != 0 else { return .error(ECONNREFUSED) }
             var ip = ipAddress(address)
@@ -459,18 +604,28 @@ final class TCPSocket: ServerSocket {
             guard role == .connected, let peer = peerAddress else { return .error(ENOTCONN) }
             return .address(peer)
         case .shutdown(_, let how):
-            guard role == .connected else { return .error(ENOTCONN) }
-            if how == SHUT_RD || how == SHUT_RDWR {
-                readShutdown = true
-                if let pcb {
-                    for p in pending { tcp_recved(pcb, cstack_pbuf_tot_len(p)); pbuf_free(p) }
-                }
-                pending.removeAll()
-                pendingBytes = 0
-                pendingOffset = 0
-                view.setEvents(CSHIMS_EV_READ_EOF)
+            switch role {
+            case .listener:
+                // Linux: SHUT_RD (or RDWR) stops listening (unaccepted connections are reset, a
+                // blocked accept fails with EINVAL); SHUT_WR alone does nothing.
+                guard how != SHUT_WR else { return .ok(value: 0) }
+                resetUnacceptedConnections()
+                becomeFresh(keepEvents: false)
                 toApp.notify()
+                return .ok(value: 0)
+            case .connecting:
+                // Linux abandons the attempt and returns 0.
+                becomeFresh(keepEvents: false)
+                toApp.notify()
+                gate.release()
+                return .ok(value: 0)
+            case .fresh:
+                return .error(ENOTCONN)
+            case .connected:
+                break
             }
+            // SHUT_RD is the client's alone: Linux keeps receiving (data that arrives is still
+            // read), and only a read on an empty socket returns 0 at once.
             if how == SHUT_WR || how == SHUT_RDWR {
                 writeShutdownRequested = true
                 view.setEvents(CSHIMS_EV_WRITE_SHUT)
@@ -501,22 +656,23 @@ final class TCPSocket: ServerSocket {
             var l = linger(l_onoff: lingerOn ? 1 : 0, l_linger: lingerSeconds)
             return .option(withUnsafeBytes(of: &l) { Array($0) })
         case (Int32(IPPROTO_IPV6), IPV6_V6ONLY) where domain == AF_INET6: return .option(int32Bytes(1))
-        default: break
-        }
-        guard let pcb else { return .error(failed ? EINVAL : EBADF) }
-        switch (level, name) {
-        case (SOL_SOCKET, SO_REUSEADDR): return .option(int32Bytes(cstack_tcp_get_option(pcb, UInt8(SOF_REUSEADDR))))
-        case (SOL_SOCKET, SO_KEEPALIVE): return .option(int32Bytes(cstack_tcp_get_option(pcb, UInt8(SOF_KEEPALIVE))))
-        case (Int32(IPPROTO_TCP), TCP_NODELAY): return .option(int32Bytes(cstack_tcp_nodelay(pcb)))
-        case (Int32(IPPROTO_TCP), TCP_KEEPIDLE): return .option(int32Bytes(Int32(cstack_tcp_keep_idle(pcb) / 1000)))
-        case (Int32(IPPROTO_TCP), TCP_KEEPINTVL): return .option(int32Bytes(Int32(cstack_tcp_keep_intvl(pcb) / 1000)))
-        case (Int32(IPPROTO_TCP), TCP_KEEPCNT): return .option(int32Bytes(Int32(cstack_tcp_keep_cnt(pcb))))
-        case (Int32(IPPROTO_TCP), TCP_MAXSEG): return .option(int32Bytes(Int32(cstack_tcp_mss(pcb))))
+        case (Int32(IPPROTO_TCP), TCP_NODELAY): return .option(int32Bytes(options.nodelay ? 1 : 0))
+        case (Int32(IPPROTO_TCP), TCP_KEEPIDLE): return .option(int32Bytes(Int32(options.keepIdle / 1000)))
+        case (Int32(IPPROTO_TCP), TCP_KEEPINTVL): return .option(int32Bytes(Int32(options.keepInterval / 1000)))
+        case (Int32(IPPROTO_TCP), TCP_KEEPCNT): return .option(int32Bytes(Int32(options.keepCount)))
+        case (SOL_SOCKET, SO_REUSEADDR): return .option(int32Bytes(options.reuseAddress ? 1 : 0))
+        case (SOL_SOCKET, SO_REUSEPORT): return .option(int32Bytes(options.reusePort ? 1 : 0))
+        case (SOL_SOCKET, SO_KEEPALIVE): return .option(int32Bytes(options.keepAlive ? 1 : 0))
         case (Int32(IPPROTO_TCP), TCP_INFO):
-            guard role != .listener else { return .error(EOPNOTSUPP) }
+            // A connection that is gone reports CLOSE, a listener LISTEN (cstack_tcp_info).
             var bytes = [UInt8](repeating: 0, count: min(maxLength, ControlMessage.maximumOptionLength))
             let n = bytes.withUnsafeMutableBytes { cstack_tcp_info(pcb, $0.baseAddress, $0.count) }
             return .option(Array(bytes[..<n]))
+        default: break
+        }
+        guard let pcb, role != .listener else { return .error(role == .listener ? ENOPROTOOPT : failed ? EINVAL : EBADF) }
+        switch (level, name) {
+        case (Int32(IPPROTO_TCP), TCP_MAXSEG): return .option(int32Bytes(Int32(cstack_tcp_mss(pcb))))
         default: return .error(ENOPROTOOPT)
         }
     }
@@ -539,25 +695,25 @@ final class TCPSocket: ServerSocket {
             return v != 0 ? .ok(value: 0) : .error(EOPNOTSUPP)
         default: break
         }
-        guard let pcb else { return .error(EINVAL) }
         switch (level, name) {
-        case (SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_REUSEPORT):
-            cstack_tcp_set_option(pcb, UInt8(SOF_REUSEADDR), v != 0 ? 1 : 0)
-        case (SOL_SOCKET, SO_KEEPALIVE):
-            cstack_tcp_set_option(pcb, UInt8(SOF_KEEPALIVE), v != 0 ? 1 : 0)
-        case (Int32(IPPROTO_TCP), TCP_NODELAY):
-            cstack_tcp_set_nodelay(pcb, v != 0 ? 1 : 0)
+        case (SOL_SOCKET, SO_REUSEADDR): options.reuseAddress = v != 0
+        case (SOL_SOCKET, SO_REUSEPORT): options.reusePort = v != 0
+        case (SOL_SOCKET, SO_KEEPALIVE): options.keepAlive = v != 0
+        case (Int32(IPPROTO_TCP), TCP_NODELAY): options.nodelay = v != 0
         case (Int32(IPPROTO_TCP), TCP_KEEPIDLE):
             guard v >= 1, v <= 32767 else { return .error(EINVAL) }
-            cstack_tcp_set_keep_idle(pcb, UInt32(v) * 1000)
+            options.keepIdle = UInt32(v) * 1000
         case (Int32(IPPROTO_TCP), TCP_KEEPINTVL):
             guard v >= 1, v <= 32767 else { return .error(EINVAL) }
-            cstack_tcp_set_keep_intvl(pcb, UInt32(v) * 1000)
+            options.keepInterval = UInt32(v) * 1000
         case (Int32(IPPROTO_TCP), TCP_KEEPCNT):
             guard v >= 1, v <= 127 else { return .error(EINVAL) }
-            cstack_tcp_set_keep_cnt(pcb, UInt32(v))
+            options.keepCount = UInt32(v)
         default:
             return .error(ENOPROTOOPT)
+        }
+        if let pcb {
+            if role == .listener { options.applySocketLevel(to: pcb) } else { options.apply(to: pcb) }
         }
         return .ok(value: 0)
     }
@@ -659,4 +815,41 @@ func tcpAccepted(_ arg: UnsafeMutableRawPointer?, _ newpcb: UnsafeMutablePointer
         return err_t(ERR_ABRT.rawValue)
     }
     return listener.accepted(newpcb)
+}
+
+/// A TCP socket's options. SO_REUSEADDR and SO_KEEPALIVE live in the part of an lwIP pcb a listener
+/// has too; the TCP-level ones only in a connection's pcb. The socket keeps them all, answers
+/// getsockopt from here, and applies them to every pcb it gets (a connection, a fresh pcb after a
+/// disconnect, each connection a listener accepts: Linux's accepted sockets inherit them).
+struct TCPOptions {
+    var reuseAddress = false
+    /// Recorded and reported; lwIP has no port sharing between listeners (see the README).
+    var reusePort = false
+    var keepAlive = false
+    var nodelay = false
+    /// Milliseconds, as lwIP keeps them (Linux's defaults: 7200 s, 75 s, 9 probes).
+    var keepIdle: UInt32 = 7_200_000
+    var keepInterval: UInt32 = 75_000
+    var keepCount: UInt32 = 9
+
+    /// The options a listener's pcb can hold.
+    func applySocketLevel(to pcb: UnsafeMutablePointer<tcp_pcb>) {
+        cstack_tcp_set_option(pcb, UInt8(SOF_REUSEADDR), reuseAddress ? 1 : 0)
+        cstack_tcp_set_option(pcb, UInt8(SOF_KEEPALIVE), keepAlive ? 1 : 0)
+    }
+
+    /// Every option, on a connection's (or a fresh socket's) pcb: never on a listener's.
+    func apply(to pcb: UnsafeMutablePointer<tcp_pcb>) {
+        applySocketLevel(to: pcb)
+        cstack_tcp_set_nodelay(pcb, nodelay ? 1 : 0)
+        cstack_tcp_set_keep_idle(pcb, keepIdle)
+        cstack_tcp_set_keep_intvl(pcb, keepInterval)
+        cstack_tcp_set_keep_cnt(pcb, keepCount)
+    }
+}
+
+/// A listener's reference to the local socket that connected to it (which may close first).
+struct WeakTCPSocket {
+    weak var socket: TCPSocket?
+    init(_ socket: TCPSocket?) { self.socket = socket }
 }

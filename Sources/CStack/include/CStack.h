@@ -106,7 +106,11 @@ static inline void cstack_tcp_set_keep_intvl(struct tcp_pcb *pcb, uint32_t ms) {
 static inline uint32_t cstack_tcp_keep_cnt(const struct tcp_pcb *pcb) { return pcb->keep_cnt; }
 static inline void cstack_tcp_set_keep_cnt(struct tcp_pcb *pcb, uint32_t n) { pcb->keep_cnt = n; }
 /// Fills a Linux `struct tcp_info` (up to len bytes) with what lwIP knows; returns bytes written.
+/// pcb NULL (the connection is gone) reports CLOSE; a listener reports LISTEN and nothing else.
 size_t cstack_tcp_info(const struct tcp_pcb *pcb, void *out, size_t len);
+/// 1 when a listening pcb has `port` on `ip` (or either is the wildcard): a bind there must fail
+/// with EADDRINUSE even with SO_REUSEADDR, as on Linux.
+int cstack_tcp_port_listening(const ip_addr_t *ip, uint16_t port);
 /// pidfd_open(pid, 0): a descriptor that polls readable once the process has exited; -1 and errno.
 int cstack_pidfd_open(int pid);
 /// For a connection between two of the stack's own addresses: the callback argument of the other
