@@ -160,5 +160,11 @@ let package = Package(
             name: "HardeningTests",
             dependencies: ["SocketShared", "CShims", "TestSupport"]
         ),
+        // The differential conformance suite (issue 10): the C scenarios in Tests/conformance run on
+        // the kernel's sockets and on the stack, compiled against libSocketClientDynamic by the test.
+        .testTarget(
+            name: "ConformanceTests",
+            dependencies: ["TestSupport"]
+        ),
     ]
 )

@@ -64,7 +64,8 @@ int cstack_ip_get(const ip_addr_t *ip, uint8_t *bytes) {
 
 void cstack_ip_set_any(ip_addr_t *out, int family) {
     if (family == 4) ip_addr_copy(*out, *IP4_ADDR_ANY);
-    else ip_addr_copy(*out, *IP6_ADDR_ANY);
+    else if (family == 6) ip_addr_copy(*out, *IP6_ADDR_ANY);
+    else ip_addr_copy(*out, *IP_ANY_TYPE); // 0: both (a dual-stack wildcard)
 }
 
 // MARK: loopback netifs
@@ -324,9 +325,22 @@ size_t cstack_tcp_info(const struct tcp_pcb *pcb, void *out, size_t len) {
     return n;
 }
 
+// Whether two bound addresses can overlap: the same IP version, or one of them dual-stack.
+static int cstack_same_family(const ip_addr_t *a, const ip_addr_t *b) {
+    return IP_GET_TYPE(a) == IPADDR_TYPE_ANY || IP_GET_TYPE(b) == IPADDR_TYPE_ANY || IP_GET_TYPE(a) == IP_GET_TYPE(b);
+}
+
+int cstack_tcp_port_in_time_wait(const ip_addr_t *ip, uint16_t port) {
+    for (struct tcp_pcb *p = tcp_tw_pcbs; p != NULL; p = p->next) {
+        if (p->local_port != port || ip_get_option(p, SOF_REUSEADDR) || !cstack_same_family(&p->local_ip, ip)) continue;
+        if (ip_addr_isany(&p->local_ip) || ip_addr_isany(ip) || ip_addr_cmp(&p->local_ip, ip)) return 1;
+    }
+    return 0;
+}
+
 int cstack_tcp_port_listening(const ip_addr_t *ip, uint16_t port) {
     for (struct tcp_pcb_listen *l = tcp_listen_pcbs.listen_pcbs; l != NULL; l = l->next) {
-        if (l->local_port != port) continue;
+        if (l->local_port != port || !cstack_same_family(&l->local_ip, ip)) continue;
         if (ip_addr_isany(&l->local_ip) || ip_addr_isany(ip) || ip_addr_cmp(&l->local_ip, ip)) return 1;
     }
     return 0;

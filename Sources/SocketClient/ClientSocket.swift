@@ -36,6 +36,9 @@ class ClientSocket: @unchecked Sendable {
     let receiveTimeout = Atomic<Int32>(-1)
     let sendTimeout = Atomic<Int32>(-1)
     let closed = Atomic<Bool>(false)
+    /// IPV6_V6ONLY as last set (the server has it too; the client needs it to refuse v4-mapped
+    /// destinations synchronously).
+    let v6Only = Atomic<Bool>(false)
 
     init(connection: ServerConnection, info: ChannelInfo, domain: Int32, type: Int32, fd: Int32, stackFD: Int32) throws(Errno) {
         self.connection = connection
@@ -184,6 +187,9 @@ class ClientSocket: @unchecked Sendable {
 
     /// SO_ERROR when the client keeps the socket's error itself (nil: ask the server).
     func takeSocketError() -> Int32? { nil }
+
+    /// Bytes written and not yet taken by the stack (SIOCOUTQ).
+    func bytesUnsent() throws(Errno) -> Int { 0 }
 
     /// Bytes ready to read (FIONREAD).
     func bytesReadable() throws(Errno) -> Int { 0 }

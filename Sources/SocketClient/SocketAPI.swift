@@ -40,7 +40,9 @@ final class ClientState: Sendable {
     /// The socket behind `fd`, whatever the state of its connection.
     /// - Throws: EBADF for a descriptor that is not one of ours.
     func lookup(_ fd: Int32) throws(Errno) -> ClientSocket {
-        guard let s = sockets.withLock({ $0[fd] }) else { throw Errno(EBADF) }
+        // Not one of ours: ENOTSOCK for an open descriptor (a file, a pipe...), as the kernel
+        // says for a descriptor that is not a socket; EBADF for a closed one.
+        guard let s = sockets.withLock({ $0[fd] }) else { throw Errno(fcntl(fd, F_GETFD) < 0 ? EBADF : ENOTSOCK) }
         return s
     }
 
@@ -87,11 +89,41 @@ func onSocket<R: FixedWidthInteger>(_ fd: Int32, _ body: (ClientSocket) throws(E
     }
 }
 
-private func address(_ addr: UnsafePointer<sockaddr>?, _ len: socklen_t) throws(Errno) -> SocketAddress {
+/// Reads the address given to a call on a socket of `domain`, with Linux's checks in Linux's
+/// order: a length too short for the family field (EINVAL), AF_UNSPEC where the call takes it
+/// (connect: disconnect), a length too short for the socket's family (EINVAL: 16 bytes for IPv4,
+/// the 24-byte RFC 2133 sockaddr_in6 for IPv6, whose missing scope id is 0), then the family
+/// (EAFNOSUPPORT).
+///
+/// A datagram socket of an IPv6 socket also takes a `sockaddr_in` in `sendto` and `connect`
+/// (Linux sends to it over IPv4: it becomes the v4-mapped address; an IPv6-only socket refuses it
+/// with ENETUNREACH / EAFNOSUPPORT), and its `sendto` calls another family EINVAL.
+private func address(_ addr: UnsafePointer<sockaddr>?, _ len: socklen_t, for s: ClientSocket, allowUnspecified: Bool = false,
+                     sending: Bool = false) throws(Errno) -> SocketAddress {
+    let domain = s.domain
     guard let addr else { throw Errno(EFAULT) }
-    guard let a = SocketAddress(sockaddr: UnsafeRawPointer(addr), length: Int(len)) else {
-        throw Errno(len < MemoryLayout<sa_family_t>.size ? EINVAL : EAFNOSUPPORT)
+    guard Int(len) >= MemoryLayout<sa_family_t>.size else { throw Errno(EINVAL) }
+    let family = Int32(UnsafeRawPointer(addr).loadUnaligned(as: sa_family_t.self))
+    if family == AF_UNSPEC && allowUnspecified { return .unspecified }
+    if domain == AF_INET6 && s is DatagramSocket && (sending || allowUnspecified) {
+        if family == AF_INET {
+            guard Int(len) >= MemoryLayout<sockaddr_in>.size else { throw Errno(EINVAL) }
+            guard !s.v6Only.load(ordering: .relaxed) else { throw Errno(sending ? ENETUNREACH : EAFNOSUPPORT) }
+            guard let v4 = SocketAddress(sockaddr: UnsafeRawPointer(addr), length: Int(len)) else { throw Errno(EINVAL) }
+            return v4.v4Mapped
+        }
+        if sending && family != AF_INET6 { throw Errno(EINVAL) }
     }
+    let minimum = domain == AF_INET6 ? 24 : MemoryLayout<sockaddr_in>.size
+    guard Int(len) >= minimum else { throw Errno(EINVAL) }
+    guard family == domain else { throw Errno(EAFNOSUPPORT) }
+    var storage = sockaddr_in6()
+    let n = min(Int(len), MemoryLayout<sockaddr_in6>.size)
+    withUnsafeMutableBytes(of: &storage) { $0.baseAddress!.copyMemory(from: addr, byteCount: n) }
+    guard let a = withUnsafeBytes(of: &storage, { SocketAddress(sockaddr: $0.baseAddress!, length: $0.count) }) else {
+        throw Errno(EAFNOSUPPORT)
+    }
+    if sending && a.isV4Mapped && s.v6Only.load(ordering: .relaxed) { throw Errno(ENETUNREACH) }
     return a
 }
 
@@ -118,13 +150,18 @@ public func sko_configure(_ path: UnsafePointer<CChar>?, _ transport: Int32) -> 
 }
 
 /// Creates a socket in the stack. The corresponding C function is `socket`.
-/// `type` may carry SOCK_NONBLOCK and SOCK_CLOEXEC (the descriptor is always close-on-exec).
+/// `type` may carry SOCK_NONBLOCK and SOCK_CLOEXEC (FD_CLOEXEC on the descriptor as asked).
 @_cdecl("sko_socket")
 public func sko_socket(_ domain: Int32, _ type: Int32, _ proto: Int32) -> Int32 {
     bsd { () throws(Errno) -> Int32 in
+        // Linux's checks, in its order: family, type and flags, protocol range, then the pair.
         let nonBlocking = type & Int32(SOCK_NONBLOCK.rawValue) != 0
-        let baseType = type & ~(Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+        let flags = type & ~0xf
+        let baseType = type & 0xf
         guard domain == AF_INET || domain == AF_INET6 else { throw Errno(EAFNOSUPPORT) }
+        guard type >= 0, flags & ~(Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)) == 0,
+              baseType < 10 /* SOCK_MAX */ else { throw Errno(EINVAL) }
+        guard proto >= 0, proto < 263 /* IPPROTO_MAX */ else { throw Errno(EINVAL) }
         switch baseType {
         case Int32(SOCK_DGRAM.rawValue): guard proto == 0 || proto == Int32(IPPROTO_UDP) else { throw Errno(EPROTONOSUPPORT) }
         case Int32(SOCK_STREAM.rawValue): guard proto == 0 || proto == Int32(IPPROTO_TCP) else { throw Errno(EPROTONOSUPPORT) }
@@ -134,6 +171,7 @@ public func sko_socket(_ domain: Int32, _ type: Int32, _ proto: Int32) -> Int32 
         let (reply, fds) = try connection.request(.socket(domain: domain, type: baseType, protocol: proto))
         let s = try makeSocket(connection, reply, fds, domain: domain, type: baseType)
         s.nonBlocking.store(nonBlocking, ordering: .relaxed)
+        if type & Int32(SOCK_CLOEXEC.rawValue) == 0 { _ = fcntl(s.fd, F_SETFD, 0) }
         ClientState.shared.register(s)
         return s.fd
     }
@@ -174,8 +212,7 @@ func makeSocket(_ connection: ServerConnection, _ reply: Reply, _ fds: [Int32], 
 @_cdecl("sko_bind")
 public func sko_bind(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: socklen_t) -> Int32 {
     onSocket(fd) { s throws(Errno) -> Int32 in
-        let a = try address(addr, len)
-        guard a.family == (s.domain == AF_INET6 ? .inet6 : .inet) else { throw Errno(EAFNOSUPPORT) }
+        let a = try address(addr, len, for: s)
         _ = try s.request(.bind(handle: s.info.handle, address: a))
         return 0
     }
@@ -186,10 +223,7 @@ public func sko_bind(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: sockl
 @_cdecl("sko_connect")
 public func sko_connect(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: socklen_t) -> Int32 {
     onSocket(fd) { s throws(Errno) -> Int32 in
-        let a = try address(addr, len)
-        if a.family != .unspecified {
-            guard a.family == (s.domain == AF_INET6 ? .inet6 : .inet) else { throw Errno(EAFNOSUPPORT) }
-        }
+        let a = try address(addr, len, for: s, allowUnspecified: true)
         try s.connect(to: a)
         return 0
     }
@@ -201,7 +235,7 @@ public func sko_sendto(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int, _ flag
                        _ addr: UnsafePointer<sockaddr>?, _ alen: socklen_t) -> Int {
     onSocket(fd) { s throws(Errno) -> Int in
         guard buf != nil || len == 0 else { throw Errno(EFAULT) }
-        let to: SocketAddress? = addr == nil ? nil : try address(addr, alen)
+        let to: SocketAddress? = addr == nil ? nil : try address(addr, alen, for: s, sending: true)
         return try s.send([UnsafeRawBufferPointer(start: buf, count: len)], to: to, flags: flags)
     }
 }
@@ -217,7 +251,7 @@ public func sko_send(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int, _ flags:
 public func sko_sendmsg(_ fd: Int32, _ msg: UnsafePointer<msghdr>?, _ flags: Int32) -> Int {
     onSocket(fd) { s throws(Errno) -> Int in
         guard let msg = msg?.pointee else { throw Errno(EFAULT) }
-        let to: SocketAddress? = msg.msg_name == nil ? nil : try address(msg.msg_name.assumingMemoryBound(to: sockaddr.self), msg.msg_namelen)
+        let to: SocketAddress? = msg.msg_name == nil ? nil : try address(msg.msg_name.assumingMemoryBound(to: sockaddr.self), msg.msg_namelen, for: s, sending: true)
         let iov = UnsafeBufferPointer(start: msg.msg_iov, count: Int(msg.msg_iovlen))
         return try s.send(iov.map { UnsafeRawBufferPointer(start: $0.iov_base, count: $0.iov_len) }, to: to, flags: flags)
     }
@@ -300,6 +334,10 @@ public func sko_setsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: 
         guard Int(len) <= ControlMessage.maximumOptionLength else { throw Errno(EINVAL) }
         let bytes = Array(UnsafeRawBufferPointer(start: value, count: Int(len)))
         _ = try s.request(.setsockopt(handle: s.info.handle, level: level, name: name, value: bytes))
+        // Kept here too: an IPv6-only socket refuses v4-mapped destinations before they are queued.
+        if level == Int32(IPPROTO_IPV6) && name == IPV6_V6ONLY && len >= 4 {
+            s.v6Only.store(value.loadUnaligned(as: Int32.self) != 0, ordering: .relaxed)
+        }
         return 0
     }
 }
@@ -309,6 +347,7 @@ public func sko_setsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: 
 public func sko_getsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer?, _ len: UnsafeMutablePointer<socklen_t>?) -> Int32 {
     onSocket(fd) { s throws(Errno) -> Int32 in
         guard let value, let len else { throw Errno(EFAULT) }
+        guard Int32(bitPattern: len.pointee) >= 0 else { throw Errno(EINVAL) }
         var result: [UInt8]
         if level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) {
             let ms = Int(name == SO_RCVTIMEO ? s.receiveTimeout.load(ordering: .relaxed) : s.sendTimeout.load(ordering: .relaxed))
@@ -331,13 +370,15 @@ public func sko_getsockopt(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: 
 }
 
 /// The corresponding C function is `ioctl`, for FIONREAD (bytes readable: for a datagram socket
-/// the size of the next datagram) and FIONBIO.
+/// the size of the next datagram), SIOCOUTQ (bytes written and not yet taken by the stack) and
+/// FIONBIO.
 @_cdecl("sko_ioctl")
 public func sko_ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutablePointer<Int32>?) -> Int32 {
     onSocket(fd) { s throws(Errno) -> Int32 in
         guard let arg else { throw Errno(EFAULT) }
         switch request {
         case UInt(FIONREAD): arg.pointee = Int32(clamping: try s.bytesReadable())
+        case 0x5411 /* SIOCOUTQ (TIOCOUTQ) */: arg.pointee = Int32(clamping: try s.bytesUnsent())
         case UInt(FIONBIO): s.nonBlocking.store(arg.pointee != 0, ordering: .relaxed)
         default: throw Errno(ENOTTY)
         }
@@ -345,7 +386,7 @@ public func sko_ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutablePointer<
     }
 }
 
-/// The corresponding C function is `fcntl`, for F_GETFL / F_SETFL (O_NONBLOCK) and F_GETFD.
+/// The corresponding C function is `fcntl`, for F_GETFL / F_SETFL (O_NONBLOCK) and F_GETFD / F_SETFD.
 @_cdecl("sko_fcntl")
 public func sko_fcntl(_ fd: Int32, _ cmd: Int32, _ arg: Int32) -> Int32 {
     onSocket(fd) { s throws(Errno) -> Int32 in
@@ -354,7 +395,11 @@ public func sko_fcntl(_ fd: Int32, _ cmd: Int32, _ arg: Int32) -> Int32 {
         case F_SETFL:
             s.nonBlocking.store(arg & O_NONBLOCK != 0, ordering: .relaxed)
             return 0
-        case F_GETFD: return FD_CLOEXEC
+        case F_GETFD, F_SETFD:
+            // The flag of the socket's descriptor itself (the eventfd the app holds).
+            let r = fcntl(s.fd, cmd, arg)
+            if r < 0 { throw Errno.current }
+            return r
         default: throw Errno(EINVAL)
         }
     }
@@ -392,14 +437,14 @@ public func sko_listen(_ fd: Int32, _ backlog: Int32) -> Int32 {
     }
 }
 
-/// The corresponding C function is `accept4`: `flags` may hold SOCK_NONBLOCK and SOCK_CLOEXEC (the
-/// new descriptor is always close-on-exec).
+/// The corresponding C function is `accept4`: `flags` may hold SOCK_NONBLOCK and SOCK_CLOEXEC.
 @_cdecl("sko_accept4")
 public func sko_accept4(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>?, _ len: UnsafeMutablePointer<socklen_t>?, _ flags: Int32) -> Int32 {
     onSocket(fd) { s throws(Errno) -> Int32 in
         guard let s = s as? StreamSocket else { throw Errno(EOPNOTSUPP) }
         guard flags & ~(Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)) == 0 else { throw Errno(EINVAL) }
         let (connection, peer) = try s.accept(flags: flags)
+        if flags & Int32(SOCK_CLOEXEC.rawValue) == 0 { _ = fcntl(connection.fd, F_SETFD, 0) }
         ClientState.shared.register(connection)
         store(peer, addr, len)
         return connection.fd

@@ -372,6 +372,11 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
         return r
     }
 
+    override func bytesUnsent() throws(Errno) -> Int {
+        if currentState() == .listening { throw Errno(EINVAL) }
+        return Int(info.sendSize) - sendRing.sharedFreeSpace()
+    }
+
     override func bytesReadable() throws(Errno) -> Int {
         if currentState() == .listening { throw Errno(EINVAL) }
         do { return try receiveRing.available() } catch { throw Errno(EPROTO) }

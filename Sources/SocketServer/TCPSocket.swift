@@ -88,9 +88,10 @@ final class TCPSocket: ServerSocket {
         tx = view.streamConsumer(receive: false, capacity: Int(info.sendSize))
         role = .fresh
         try super.init(session: session, handle: handle, domain: domain, info: info, view: view, appEvent: appEvent, stackEvent: stackEvent)
-        guard let pcb = tcp_new_ip_type(UInt8(domain == AF_INET6 ? IPADDR_TYPE_V6.rawValue : IPADDR_TYPE_V4.rawValue)) else {
+        guard let pcb = tcp_new_ip_type(pcbType) else {
             throw ServerError("lwIP could not allocate a TCP pcb")
         }
+        ipOptions.apply(to: pcb, domain: domain)
         self.pcb = pcb
         tcp_arg(pcb, Unmanaged.passUnretained(self).toOpaque())
     }
@@ -130,13 +131,14 @@ final class TCPSocket: ServerSocket {
             view.setPendingError(0)
             pendingError = 0
         }
-        guard let fresh = tcp_new_ip_type(UInt8(domain == AF_INET6 ? IPADDR_TYPE_V6.rawValue : IPADDR_TYPE_V4.rawValue)) else {
+        guard let fresh = tcp_new_ip_type(pcbType) else {
             failed = true
             return
         }
         pcb = fresh
         tcp_arg(fresh, Unmanaged.passUnretained(self).toOpaque())
         options.apply(to: fresh)
+        ipOptions.apply(to: fresh, domain: domain)
         if var bound = explicitBind {
             // The port may be taken meanwhile (by another socket): then the socket is unbound.
             if tcp_bind(fresh, &bound.ip, bound.port) != errOK { explicitBind = nil }
@@ -189,7 +191,7 @@ final class TCPSocket: ServerSocket {
 
     var peerAddress: SocketAddress? {
         guard let pcb, role == .connected || role == .connecting else { return nil }
-        return socketAddress(cstack_tcp_remote_ip(pcb), port: cstack_tcp_remote_port(pcb), fallbackFamily: family)
+        return appAddress(cstack_tcp_remote_ip(pcb), port: cstack_tcp_remote_port(pcb))
     }
 
     // MARK: receive (lwIP callbacks, core lock held)
@@ -489,7 +491,7 @@ final class TCPSocket: ServerSocket {
             tcp_abort(newpcb) // a local connector is still connecting: it sees ECONNREFUSED
             return err_t(ERR_ABRT.rawValue)
         }
-        options.apply(to: newpcb)
+        socket.inherit(options, ipOptions)
         if queueFull {
             overflowConnections.append((socket.handle, WeakTCPSocket(connector)))
             return errOK
@@ -524,6 +526,16 @@ final class TCPSocket: ServerSocket {
         return all
     }
 
+    /// An accepted connection takes its listener's options (Linux's accepted sockets inherit them).
+    func inherit(_ options: TCPOptions, _ ipOptions: IPOptions) {
+        self.options = options
+        self.ipOptions = ipOptions
+        if let pcb {
+            options.apply(to: pcb)
+            ipOptions.apply(to: pcb, domain: domain)
+        }
+    }
+
     /// An accepted connection nobody will take: reset it (Linux resets never-accepted connections
     /// of a closed listener).
     func resetUnaccepted() {
@@ -545,6 +557,7 @@ final class TCPSocket: ServerSocket {
             }
             // lwIP lets SO_REUSEADDR bind over a listener; Linux never does.
             if address.port != 0 && cstack_tcp_port_listening(&ip, address.port) != 0 { return .error(EADDRINUSE) }
+            if address.port != 0 && options.reuseAddress && cstack_tcp_port_in_time_wait(&ip, address.port) != 0 { return .error(EADDRINUSE) }
             let err = tcp_bind(pcb, &ip, address.port)
             guard err == errOK else { return .error(errnoFor(err)) }
             explicitBind = (ip, address.port)
@@ -556,7 +569,7 @@ final class TCPSocket: ServerSocket {
             }
             guard let pcb, role == .fresh else { return .error(EINVAL) }
             if cstack_tcp_local_port(pcb) == 0 {
-                var ip = anyAddress(family)
+                var ip = wildcardAddress
                 let err = tcp_bind(pcb, &ip, 0)
                 guard err == errOK else { return .error(errnoFor(err)) }
             }
@@ -588,7 +601,8 @@ final class TCPSocket: ServerSocket {
             guard let pcb else { return .error(failed ? ENOBUFS : EBADF) }
             guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
             guard address.port != 0 else { return .error(ECONNREFUSED) }
-            var ip = ipAddress(address)
+            // A v4-mapped address on an IPv6-only socket: Linux says ENETUNREACH.
+            guard var ip = stackAddress(address) else { return .error(ENETUNREACH) }
             tcp_recv(pcb, tcpReceived)
             tcp_err(pcb, tcpFailed)
             let err = tcp_connect(pcb, &ip, address.port, tcpConnected)
@@ -599,7 +613,7 @@ final class TCPSocket: ServerSocket {
             return .error(EINPROGRESS)
         case .getsockname:
             guard let pcb else { return .address(family == .inet ? .ipv4Any() : .ipv6Any()) }
-            return .address(socketAddress(cstack_tcp_local_ip(pcb), port: cstack_tcp_local_port(pcb), fallbackFamily: family))
+            return .address(appAddress(cstack_tcp_local_ip(pcb), port: cstack_tcp_local_port(pcb)))
         case .getpeername:
             guard role == .connected, let peer = peerAddress else { return .error(ENOTCONN) }
             return .address(peer)
@@ -642,10 +656,11 @@ final class TCPSocket: ServerSocket {
     }
 
     private func getOption(level: Int32, name: Int32, maxLength: Int) -> Reply {
-        if let v = commonOption(level: level, name: name) {
+        if let v = commonOption(level: level, name: name) ?? ipOption(level: level, name: name) {
             if level == SOL_SOCKET && name == SO_ERROR { view.setPendingError(0) }
             return .option(v)
         }
+        if level == SOL_SOCKET, let v = recordedOption(name: name, kept: [SO_RCVLOWAT]) { return .option(v) }
         switch (level, name) {
         case (SOL_SOCKET, SO_TYPE): return .option(int32Bytes(Int32(SOCK_STREAM.rawValue)))
         case (SOL_SOCKET, SO_PROTOCOL): return .option(int32Bytes(Int32(IPPROTO_TCP)))
@@ -655,7 +670,6 @@ final class TCPSocket: ServerSocket {
         case (SOL_SOCKET, SO_LINGER):
             var l = linger(l_onoff: lingerOn ? 1 : 0, l_linger: lingerSeconds)
             return .option(withUnsafeBytes(of: &l) { Array($0) })
-        case (Int32(IPPROTO_IPV6), IPV6_V6ONLY) where domain == AF_INET6: return .option(int32Bytes(1))
         case (Int32(IPPROTO_TCP), TCP_NODELAY): return .option(int32Bytes(options.nodelay ? 1 : 0))
         case (Int32(IPPROTO_TCP), TCP_KEEPIDLE): return .option(int32Bytes(Int32(options.keepIdle / 1000)))
         case (Int32(IPPROTO_TCP), TCP_KEEPINTVL): return .option(int32Bytes(Int32(options.keepInterval / 1000)))
@@ -669,6 +683,9 @@ final class TCPSocket: ServerSocket {
             let n = bytes.withUnsafeMutableBytes { cstack_tcp_info(pcb, $0.baseAddress, $0.count) }
             return .option(Array(bytes[..<n]))
         default: break
+        }
+        guard [SOL_SOCKET, Int32(IPPROTO_TCP), Int32(IPPROTO_IP), Int32(IPPROTO_IPV6)].contains(level) else {
+            return .error(unknownLevelError) // a level no layer of the socket knows
         }
         guard let pcb, role != .listener else { return .error(role == .listener ? ENOPROTOOPT : failed ? EINVAL : EBADF) }
         switch (level, name) {
@@ -686,13 +703,16 @@ final class TCPSocket: ServerSocket {
             lingerZero = lingerOn && l.l_linger == 0
             return .ok(value: 0)
         }
+        if level == SOL_SOCKET, let reply = setRecordedOption(name: name, value: value, kept: [SO_RCVLOWAT]) { return reply }
+        if let reply = setIPOption(level: level, name: name, value: value, pcb: pcb.map { UnsafeMutableRawPointer($0) },
+                                   bound: role != .fresh || pcb.map { cstack_tcp_local_port($0) != 0 } ?? true) {
+            return reply
+        }
         guard let v = int32Value(value) else { return .error(EINVAL) }
         switch (level, name) {
         case (SOL_SOCKET, SO_RCVBUF), (SOL_SOCKET, SO_SNDBUF):
             // Rings are sized when the socket is made (--stream-ring-size); getsockopt reports it.
             return v >= 0 ? .ok(value: 0) : .error(EINVAL)
-        case (Int32(IPPROTO_IPV6), IPV6_V6ONLY) where domain == AF_INET6:
-            return v != 0 ? .ok(value: 0) : .error(EOPNOTSUPP)
         default: break
         }
         switch (level, name) {

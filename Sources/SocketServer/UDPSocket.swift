@@ -60,9 +60,10 @@ final class UDPSocket: ServerSocket {
         receiveSlots = Int(info.offset) + view.layout.receiveSlots
         sendSlots = Int(info.offset) + view.layout.sendSlots
         try super.init(session: session, handle: handle, domain: domain, info: info, view: view, appEvent: appEvent, stackEvent: stackEvent)
-        guard let pcb = udp_new_ip_type(UInt8(domain == AF_INET6 ? IPADDR_TYPE_V6.rawValue : IPADDR_TYPE_V4.rawValue)) else {
+        guard let pcb = udp_new_ip_type(pcbType) else {
             throw ServerError("lwIP could not allocate a UDP pcb")
         }
+        ipOptions.apply(to: pcb, domain: domain)
         self.pcb = pcb
         udp_recv(pcb, udpReceived, Unmanaged.passUnretained(self).toOpaque())
         refillSendRing()
@@ -82,7 +83,7 @@ final class UDPSocket: ServerSocket {
         }
         let total = Int(cstack_pbuf_tot_len(p))
         var address = SocketAddress.unspecified
-        if let ip { address = socketAddress(ip, port: port) }
+        if let ip { address = appAddress(ip, port: port) }
         let items: Int
         switch transport {
         case .processVM:
@@ -273,8 +274,11 @@ final class UDPSocket: ServerSocket {
             if destination.family != family || !destination.isValid {
                 err = err_t(ERR_VAL.rawValue)
             } else {
-                var ip = ipAddress(destination)
-                err = udp_sendto(pcb, head, &ip, destination.port)
+                if var ip = stackAddress(destination) {
+                    err = udp_sendto(pcb, head, &ip, destination.port)
+                } else {
+                    err = err_t(ERR_RTE.rawValue) // v4-mapped on an IPv6-only socket
+                }
             }
         } else if cstack_udp_is_connected(pcb) != 0 {
             err = udp_send(pcb, head)
@@ -338,14 +342,14 @@ final class UDPSocket: ServerSocket {
                 return .ok(value: 0)
             }
             guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
-            var ip = ipAddress(address)
+            guard var ip = stackAddress(address) else { return .error(ENETUNREACH) }
             let err = udp_connect(pcb, &ip, address.port)
             return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
         case .getsockname:
-            return .address(socketAddress(cstack_udp_local_ip(pcb), port: cstack_udp_local_port(pcb), fallbackFamily: family))
+            return .address(appAddress(cstack_udp_local_ip(pcb), port: cstack_udp_local_port(pcb)))
         case .getpeername:
             guard cstack_udp_is_connected(pcb) != 0 else { return .error(ENOTCONN) }
-            return .address(socketAddress(cstack_udp_remote_ip(pcb), port: cstack_udp_remote_port(pcb), fallbackFamily: family))
+            return .address(appAddress(cstack_udp_remote_ip(pcb), port: cstack_udp_remote_port(pcb)))
         case .shutdown(_, let how):
             guard cstack_udp_is_connected(pcb) != 0 else { return .error(ENOTCONN) }
             if how == SHUT_RD || how == SHUT_RDWR {
@@ -365,8 +369,12 @@ final class UDPSocket: ServerSocket {
         }
     }
 
+    /// SOL_SOCKET options a UDP socket records and reports (see ServerSocket.recordedOption).
+    private static let recordedOptions: Set<Int32> = [SO_RCVLOWAT, SO_KEEPALIVE, SO_REUSEPORT, SO_LINGER]
+
     private func getOption(level: Int32, name: Int32) -> Reply {
-        if let v = commonOption(level: level, name: name) { return .option(v) }
+        if let v = commonOption(level: level, name: name) ?? ipOption(level: level, name: name) { return .option(v) }
+        if level == SOL_SOCKET, let v = recordedOption(name: name, kept: Self.recordedOptions) { return .option(v) }
         guard let pcb else { return .error(EBADF) }
         switch (level, name) {
         case (SOL_SOCKET, SO_TYPE): return .option(int32Bytes(Int32(SOCK_DGRAM.rawValue)))
@@ -376,19 +384,28 @@ final class UDPSocket: ServerSocket {
         case (SOL_SOCKET, SO_BROADCAST): return .option(int32Bytes(cstack_pcb_get_option(pcb, UInt8(SOF_BROADCAST))))
         case (SOL_SOCKET, SO_RCVBUF): return .option(int32Bytes(Int32(Int(info.receiveSize) * slotSize)))
         case (SOL_SOCKET, SO_SNDBUF): return .option(int32Bytes(Int32(Int(info.sendSize) * slotSize)))
-        case (Int32(IPPROTO_IP), IP_TTL) where domain == AF_INET: return .option(int32Bytes(Int32(cstack_udp_ttl(pcb))))
-        case (Int32(IPPROTO_IP), IP_TOS) where domain == AF_INET: return .option(int32Bytes(Int32(cstack_udp_tos(pcb))))
-        case (Int32(IPPROTO_IPV6), IPV6_UNICAST_HOPS) where domain == AF_INET6: return .option(int32Bytes(Int32(cstack_udp_ttl(pcb))))
-        case (Int32(IPPROTO_IPV6), IPV6_V6ONLY) where domain == AF_INET6: return .option(int32Bytes(1))
+        case _ where ![SOL_SOCKET, Int32(IPPROTO_UDP), Int32(IPPROTO_IP), Int32(IPPROTO_IPV6)].contains(level):
+            return .error(unknownLevelError) // a level no layer of the socket knows
         default: return .error(ENOPROTOOPT)
         }
     }
 
     private func setOption(level: Int32, name: Int32, value: [UInt8]) -> Reply {
         guard let pcb else { return .error(EBADF) }
+        if let reply = setIPOption(level: level, name: name, value: value, pcb: UnsafeMutableRawPointer(pcb),
+                                   bound: cstack_udp_local_port(pcb) != 0) {
+            return reply
+        }
+        if level == SOL_SOCKET, let reply = setRecordedOption(name: name, value: value, kept: Self.recordedOptions) {
+            // SO_REUSEPORT shares a port as SO_REUSEADDR does for UDP in lwIP.
+            if name == SO_REUSEPORT, case .ok = reply, let v = int32Value(value) {
+                cstack_pcb_set_option(pcb, UInt8(SOF_REUSEADDR), v != 0 ? 1 : 0)
+            }
+            return reply
+        }
         guard let v = int32Value(value) else { return .error(EINVAL) }
         switch (level, name) {
-        case (SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_REUSEPORT):
+        case (SOL_SOCKET, SO_REUSEADDR):
             cstack_pcb_set_option(pcb, UInt8(SOF_REUSEADDR), v != 0 ? 1 : 0)
         case (SOL_SOCKET, SO_BROADCAST):
             cstack_pcb_set_option(pcb, UInt8(SOF_BROADCAST), v != 0 ? 1 : 0)
@@ -396,14 +413,6 @@ final class UDPSocket: ServerSocket {
             // Channel rings are sized when the socket is made (--datagram-ring-items); getsockopt
             // reports the real size, as Linux reports the size it actually granted.
             guard v >= 0 else { return .error(EINVAL) }
-        case (Int32(IPPROTO_IP), IP_TTL) where domain == AF_INET, (Int32(IPPROTO_IPV6), IPV6_UNICAST_HOPS) where domain == AF_INET6:
-            guard v >= -1, v <= 255, v != 0 || domain == AF_INET6 else { return .error(EINVAL) }
-            cstack_udp_set_ttl(pcb, UInt8(v == -1 ? 64 : v))
-        case (Int32(IPPROTO_IP), IP_TOS) where domain == AF_INET:
-            cstack_udp_set_tos(pcb, UInt8(truncatingIfNeeded: v))
-        case (Int32(IPPROTO_IPV6), IPV6_V6ONLY) where domain == AF_INET6:
-            // IPv6 sockets here are always IPv6-only (no v4-mapped addresses).
-            guard v != 0 else { return .error(EOPNOTSUPP) }
         default:
             return .error(ENOPROTOOPT)
         }

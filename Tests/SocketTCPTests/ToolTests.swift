@@ -40,7 +40,7 @@ struct ToolTests {
     /// and a TCP round trip through a real server.
     @Test func cProgramLinksAndRuns() throws {
         let dir = TestBinaries.directory
-        let root = try Self.packageRoot()
+        let root = try TestBinaries.packageRoot()
         let program = TestNames.uniquePath("c-client", suffix: "bin")
         defer { unlink(program) }
         let cc = try ChildProcess("cc", ["\(root)/examples/c-client/udp_tcp_hello.c", "-I\(root)/include", "-L\(dir)",
@@ -64,7 +64,7 @@ extension ToolTests {
     /// The server's Internet checksum (CStack/checksum.c, which replaces liblwip's) equals liblwip's
     /// own on 200,000 random buffers, offsets and lengths up to 66,000 bytes.
     @Test func checksumReplacementMatchesLwIP() throws {
-        let root = try Self.packageRoot()
+        let root = try TestBinaries.packageRoot()
         let program = TestNames.uniquePath("checksum", suffix: "bin")
         defer { unlink(program) }
         let cc = try ChildProcess("cc", ["-O2", "-I\(root)/Sources/CStack/include", "-I/usr/include/lwip",
@@ -75,16 +75,6 @@ extension ToolTests {
         let run = try ChildProcess(program, [], name: "checksum-check")
         let result = try #require(run.wait(timeout: 120))
         #expect(result.status == 0 && result.output.contains("all equal"), "\(result.output) \(run.logTail())")
-    }
-}
-
-extension ToolTests {
-    /// The package root: the test binaries live in <root>/.build/<triple>/debug.
-    static func packageRoot() throws -> String {
-        let dir = TestBinaries.directory
-        let parts = dir.split(separator: "/", omittingEmptySubsequences: false)
-        let buildIndex = try #require(parts.firstIndex(of: ".build"), "binaries are not under .build: \(dir)")
-        return parts[..<buildIndex].joined(separator: "/")
     }
 }
 

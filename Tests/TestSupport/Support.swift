@@ -74,6 +74,14 @@ public enum TestBinaries {
     }
 
     public static func path(_ name: String) -> String { directory + "/" + name }
+
+    /// The package root: the test binaries live in <root>/.build/<triple>/debug.
+    public static func packageRoot() throws(TestSupportError) -> String {
+        let dir = directory
+        let parts = dir.split(separator: "/", omittingEmptySubsequences: false)
+        guard let buildIndex = parts.firstIndex(of: ".build") else { throw TestSupportError("binaries are not under .build: \(dir)") }
+        return parts[..<buildIndex].joined(separator: "/")
+    }
 }
 
 /// What /proc says about a process (the socket server, in the resource tests).

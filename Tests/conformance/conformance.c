@@ -392,8 +392,13 @@ static const char *documented_reason(const char *scenario, const char *line) {
     for (const struct documented *d = documented_differences; d->scenario; d++) {
         if (fnmatch(d->scenario, scenario, 0) != 0) continue;
         if (d->label == NULL) return d->reason;
-        size_t n = strlen(d->label);
-        if (strncmp(line, d->label, n) == 0 && line[n] == ':') return d->reason;
+        char label[256];
+        const char *colon = strstr(line, ": ");
+        size_t n = colon ? (size_t)(colon - line) : strlen(line);
+        if (n >= sizeof label) continue;
+        memcpy(label, line, n);
+        label[n] = 0;
+        if (fnmatch(d->label, label, 0) == 0) return d->reason;
     }
     return NULL;
 }

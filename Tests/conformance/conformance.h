@@ -67,8 +67,9 @@ extern const struct scenario tcp_scenarios[];
 extern const struct scenario udp_scenarios[];
 extern const struct scenario misc_scenarios[];
 
-/* A difference the suite accepts, with its reason (documented.c). `scenario` is an fnmatch(3)
- * pattern ("tcp_x/v*" covers both families); `label` NULL covers every call of the scenario. */
+/* A difference the suite accepts, with its reason (documented.c). `scenario` and `label` are
+ * fnmatch(3) patterns ("tcp_x/v*" covers both families); `label` NULL covers every call of the
+ * scenario. */
 struct documented {
     const char *scenario;
     const char *label;

@@ -53,6 +53,9 @@ struct TCPEchoServer: ParsableCommand {
         var listeners: [Socket] = []
         for a in addresses {
             let s = try Socket(a.family, .stream, nonBlocking: true)
+            // IPv6 sockets are dual-stack by default, as on Linux: serving 0.0.0.0 and :: side by
+            // side needs the IPv6 one to be IPv6-only (else its bind would take the IPv4 port too).
+            if a.family == .inet6 { try s.setOption(level: Int32(IPPROTO_IPV6), name: IPV6_V6ONLY, 1) }
             try s.setOption(level: SOL_SOCKET, name: SO_REUSEADDR, 1)
             try s.bind(to: a)
             try s.listen(backlog: backlog)

@@ -39,6 +39,9 @@ struct UDPEchoServer: ParsableCommand {
         var sockets: [Socket] = []
         for a in addresses {
             let s = try Socket(a.family, .datagram, nonBlocking: true)
+            // IPv6 sockets are dual-stack by default, as on Linux: serving 0.0.0.0 and :: side by
+            // side needs the IPv6 one to be IPv6-only (else its bind would take the IPv4 port too).
+            if a.family == .inet6 { try s.setOption(level: Int32(IPPROTO_IPV6), name: IPV6_V6ONLY, 1) }
             try s.bind(to: a)
             print("listening on \(try s.localAddress)")
             sockets.append(s)

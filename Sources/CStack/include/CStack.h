@@ -70,10 +70,19 @@ static inline void cstack_pcb_set_option(struct udp_pcb *pcb, uint8_t opt, int o
     if (on) ip_set_option(pcb, opt); else ip_reset_option(pcb, opt);
 }
 static inline int cstack_pcb_get_option(const struct udp_pcb *pcb, uint8_t opt) { return ip_get_option(pcb, opt) != 0; }
-static inline uint8_t cstack_udp_ttl(const struct udp_pcb *pcb) { return pcb->ttl; }
-static inline void cstack_udp_set_ttl(struct udp_pcb *pcb, uint8_t ttl) { pcb->ttl = ttl; }
-static inline uint8_t cstack_udp_tos(const struct udp_pcb *pcb) { return pcb->tos; }
-static inline void cstack_udp_set_tos(struct udp_pcb *pcb, uint8_t tos) { pcb->tos = tos; }
+// IP_PCB fields, common to every pcb (udp, tcp and tcp listen pcbs all start with IP_PCB: the
+// listen pcb is the smallest of them, so it is the view used here).
+static inline uint8_t cstack_ip_pcb_ttl(const void *pcb) { return ((const struct tcp_pcb_listen *)pcb)->ttl; }
+static inline void cstack_ip_pcb_set_ttl(void *pcb, uint8_t ttl) { ((struct tcp_pcb_listen *)pcb)->ttl = ttl; }
+static inline void cstack_ip_pcb_set_tos(void *pcb, uint8_t tos) { ((struct tcp_pcb_listen *)pcb)->tos = tos; }
+/// Makes an unbound pcb of an AF_INET6 socket dual-stack (IPADDR_TYPE_ANY: IPv4 traffic too, for
+/// v4-mapped addresses) or IPv6-only. Only its wildcard addresses change type.
+static inline void cstack_ip_pcb_set_dual_stack(void *pcb, int dual) {
+    struct tcp_pcb_listen *p = (struct tcp_pcb_listen *)pcb;
+    u8_t type = dual ? IPADDR_TYPE_ANY : IPADDR_TYPE_V6;
+    if (ip_addr_isany(&p->local_ip)) { ip_addr_copy(p->local_ip, *IP6_ADDR_ANY); IP_SET_TYPE_VAL(p->local_ip, type); }
+    if (ip_addr_isany(&p->remote_ip)) { ip_addr_copy(p->remote_ip, *IP6_ADDR_ANY); IP_SET_TYPE_VAL(p->remote_ip, type); }
+}
 
 static inline uint16_t cstack_tcp_local_port(const struct tcp_pcb *pcb) { return pcb->local_port; }
 static inline uint16_t cstack_tcp_remote_port(const struct tcp_pcb *pcb) { return pcb->remote_port; }
@@ -111,6 +120,9 @@ size_t cstack_tcp_info(const struct tcp_pcb *pcb, void *out, size_t len);
 /// 1 when a listening pcb has `port` on `ip` (or either is the wildcard): a bind there must fail
 /// with EADDRINUSE even with SO_REUSEADDR, as on Linux.
 int cstack_tcp_port_listening(const ip_addr_t *ip, uint16_t port);
+/// 1 when a connection in TIME_WAIT without SO_REUSEADDR holds `port` on `ip`: Linux refuses a
+/// bind there unless both sockets have SO_REUSEADDR (lwIP skips TIME_WAIT once the new one has it).
+int cstack_tcp_port_in_time_wait(const ip_addr_t *ip, uint16_t port);
 /// pidfd_open(pid, 0): a descriptor that polls readable once the process has exited; -1 and errno.
 int cstack_pidfd_open(int pid);
 /// For a connection between two of the stack's own addresses: the callback argument of the other

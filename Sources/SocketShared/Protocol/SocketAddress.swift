@@ -67,6 +67,19 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     public var isWildcard: Bool { bytes.allSatisfy { $0 == 0 } }
 
+    /// An IPv4 address in IPv6 form (::ffff:a.b.c.d), as dual-stack IPv6 sockets see IPv4 peers.
+    public var isV4Mapped: Bool {
+        family == .inet6 && bytes.count == 16 && bytes[..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff
+    }
+
+    /// The IPv4 address inside a v4-mapped one (same port).
+    public var unmapped: SocketAddress { SocketAddress(family: .inet, port: port, bytes: Array(bytes[12...])) }
+
+    /// An IPv4 address as v4-mapped IPv6 (::ffff:a.b.c.d, same port).
+    public var v4Mapped: SocketAddress {
+        SocketAddress(family: .inet6, port: port, bytes: [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + bytes)
+    }
+
     /// The numeric host, without port ("127.0.0.1", "::1").
     public var host: String {
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
