@@ -55,6 +55,8 @@ final class TCPSocket: ServerSocket {
     /// Bytes in the receive ring from a connection that is gone: their consumption is not reported
     /// to the new connection's window.
     private var staleReceived: UInt64 = 0
+    /// `becomeFresh` left the pcb to be made at the next request.
+    private var freshPCBPending = false
     /// TCP-level options, kept here as well as in the pcb: a listener's pcb has no room for them
     /// (lwIP's tcp_pcb_listen lacks the fields; writing them there overwrote its accept callback
     /// and crashed the server at the next connection), and its connections inherit them.
@@ -102,7 +104,9 @@ final class TCPSocket: ServerSocket {
     /// is closed); bytes it left in the rings are dropped.
     /// - Parameter keepEvents: leave the channel's events and error for the app to see (a failed
     ///   connect); they are cleared when it connects again.
-    private func becomeFresh(keepEvents: Bool) {
+    /// - Parameter deferPCB: make the new pcb at the next request instead of now (inside lwIP's err
+    ///   callback the old pcb is still in lwIP's lists, holding the port a new one would bind).
+    private func becomeFresh(keepEvents: Bool, deferPCB: Bool = false) {
         if let pcb {
             detachCallbacks(pcb)
             if role == .listener { tcp_close(pcb) } else { tcp_abort(pcb) }
@@ -131,6 +135,14 @@ final class TCPSocket: ServerSocket {
             view.setPendingError(0)
             pendingError = 0
         }
+        freshPCBPending = true
+        if !deferPCB { makeFreshPCB() }
+    }
+
+    /// The fresh pcb `becomeFresh` promised, bound again where the app bound it.
+    private func makeFreshPCB() {
+        guard freshPCBPending else { return }
+        freshPCBPending = false
         guard let fresh = tcp_new_ip_type(pcbType) else {
             failed = true
             return
@@ -449,7 +461,7 @@ final class TCPSocket: ServerSocket {
         } else if wasConnecting {
             // The attempt is over: the socket is unconnected again and may connect anew; the app
             // still sees the error (SO_ERROR, POLLERR) until it takes it.
-            becomeFresh(keepEvents: true)
+            becomeFresh(keepEvents: true, deferPCB: true)
         }
     }
 
@@ -545,6 +557,7 @@ final class TCPSocket: ServerSocket {
     // MARK: control requests
 
     override func handle(_ request: Request) -> Reply {
+        makeFreshPCB()
         switch request {
         case .bind(_, let address):
             guard let pcb, role == .fresh else { return .error(EINVAL) }

@@ -257,6 +257,8 @@ int rec_soerror(struct ctx *x, const char *label, int fd) {
 int tcp_listener(struct ctx *x, int i, int backlog) {
     struct sockaddr_storage ss;
     int fd = FD("listener socket", x->c->socket(x->family, SOCK_STREAM, 0));
+    /* As servers do: a port left in TIME_WAIT (by this scenario, or an earlier run) can be bound. */
+    set_intopt(x, "listener SO_REUSEADDR", fd, SOL_SOCKET, SO_REUSEADDR, 1);
     socklen_t len = loopback(x, 0, x->port[i], &ss);
     RC("listener bind", x->c->bind(fd, (void *)&ss, len));
     RC("listener listen", x->c->listen(fd, backlog));
@@ -502,8 +504,10 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < count; i++) printf("%s\n", all[i].name);
         return 0;
     }
-    /* Ports: 8 per scenario from a base away from the kernel's ephemeral range (32768-60999). */
-    if (port_base == 0) port_base = 10000 + (unsigned)(getpid() % 1000) * 16;
+    /* Ports: 8 per scenario from a base below the kernel's ephemeral range (32768-60999). Runs
+     * within a minute of each other should get different bases (--port-base): ports of the
+     * kernel's connections stay in TIME_WAIT for 60 s. */
+    if (port_base == 0) port_base = 10000 + (unsigned)((time(NULL) / 60) % 8) * 2000;
     if (port_base + count * 8 > 32700) port_base = 10000;
 
     long t0 = now_ms();

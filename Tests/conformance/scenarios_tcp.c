@@ -68,6 +68,22 @@ static void connect_refused(struct ctx *x) {
     x->c->close(c);
 }
 
+static void bound_connect_refused(struct ctx *x) {
+    struct sockaddr_storage me, to;
+    int c = FD("socket", x->c->socket(x->family, SOCK_STREAM, 0));
+    socklen_t mlen = lo(x, 2, &me), tlen = lo(x, 1, &to);
+    RC("bind", x->c->bind(c, (void *)&me, mlen));
+    RC("connect to nobody", x->c->connect(c, (void *)&to, tlen));
+    rec_sockname(x, "still bound after the refusal", c);
+    int l = tcp_listener(x, 1, 4);
+    RC("connect again", x->c->connect(c, (void *)&to, tlen));
+    int s = FD("accept", x->c->accept(l, NULL, NULL));
+    rec_peername(x, "the listener sees the bound port", s);
+    x->c->close(s);
+    x->c->close(l);
+    x->c->close(c);
+}
+
 static void nonblocking_refused(struct ctx *x) {
     struct sockaddr_storage ss;
     int c = FD("socket", x->c->socket(x->family, SOCK_STREAM | SOCK_NONBLOCK, 0));
@@ -225,8 +241,16 @@ static void reuseaddr_and_listener(struct ctx *x) {
 }
 
 static void reuseaddr_after_close(struct ctx *x) {
-    int l, c, s;
-    tcp_pair(x, &l, &c, &s);
+    struct sockaddr_storage ls;
+    /* A listener without SO_REUSEADDR: its connections' TIME_WAIT keeps the port from a new
+     * socket even with SO_REUSEADDR (both must have it). */
+    int l = FD("listener socket", x->c->socket(x->family, SOCK_STREAM, 0));
+    socklen_t llen = lo(x, 0, &ls);
+    RC("listener bind", x->c->bind(l, (void *)&ls, llen));
+    RC("listener listen", x->c->listen(l, 4));
+    int c = FD("client socket", x->c->socket(x->family, SOCK_STREAM, 0));
+    RC("client connect", x->c->connect(c, (void *)&ls, llen));
+    int s = FD("accept", x->c->accept(l, NULL, NULL));
     /* The server side closes first: its port is in TIME_WAIT on the kernel. */
     RC("close server", x->c->close(s));
     wait_mask(x, "client sees FIN", c, IO, POLLRDHUP, 2000);
@@ -240,6 +264,26 @@ static void reuseaddr_after_close(struct ctx *x) {
     RC("bind the old port", x->c->bind(n, (void *)&ss, len));
     RC("listen", x->c->listen(n, 4));
     x->c->close(n);
+}
+
+static void reuseaddr_both_after_close(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s); /* its listener has SO_REUSEADDR */
+    RC("close server", x->c->close(s));
+    wait_mask(x, "client sees FIN", c, IO, POLLRDHUP, 2000);
+    RC("close client", x->c->close(c));
+    RC("close listener", x->c->close(l));
+    sleep_ms(50);
+    struct sockaddr_storage ss;
+    socklen_t len = lo(x, 0, &ss);
+    int n = FD("new socket", x->c->socket(x->family, SOCK_STREAM, 0));
+    RC("bind the old port without SO_REUSEADDR", x->c->bind(n, (void *)&ss, len));
+    int m = FD("another socket", x->c->socket(x->family, SOCK_STREAM, 0));
+    set_intopt(x, "SO_REUSEADDR", m, SOL_SOCKET, SO_REUSEADDR, 1);
+    RC("bind the old port with SO_REUSEADDR", x->c->bind(m, (void *)&ss, len));
+    RC("listen", x->c->listen(m, 4));
+    x->c->close(n);
+    x->c->close(m);
 }
 
 static void listen_unbound(struct ctx *x) {
@@ -921,6 +965,7 @@ const struct scenario tcp_scenarios[] = {
     {"tcp_connect_basic", connect_basic, FAM_BOTH},
     {"tcp_connect_refused", connect_refused, FAM_BOTH},
     {"tcp_nonblocking_refused", nonblocking_refused, FAM_BOTH},
+    {"tcp_bound_connect_refused", bound_connect_refused, FAM_BOTH},
     {"tcp_nonblocking_connect", nonblocking_connect, FAM_BOTH},
     {"tcp_connect_twice", connect_twice, FAM_BOTH},
     {"tcp_connect_unspec", connect_unspec, FAM_BOTH},
@@ -929,6 +974,7 @@ const struct scenario tcp_scenarios[] = {
     {"tcp_bind_in_use", bind_in_use, FAM_BOTH},
     {"tcp_reuseaddr_and_listener", reuseaddr_and_listener, FAM_BOTH},
     {"tcp_reuseaddr_after_close", reuseaddr_after_close, FAM_BOTH},
+    {"tcp_reuseaddr_both_after_close", reuseaddr_both_after_close, FAM_BOTH},
     {"tcp_listen_unbound", listen_unbound, FAM_BOTH},
     {"tcp_listen_backlog_zero", listen_backlog_zero, FAM_BOTH},
     {"tcp_listener_calls", listener_calls, FAM_BOTH},
