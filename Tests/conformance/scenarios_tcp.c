@@ -240,6 +240,16 @@ static void reuseaddr_and_listener(struct ctx *x) {
     x->c->close(b);
 }
 
+/* Closes a connection server side first (its port is then in TIME_WAIT on the kernel), then the
+ * client and the listener. */
+static void close_server_first(struct ctx *x, int l, int c, int s) {
+    RC("close server", x->c->close(s));
+    wait_mask(x, "client sees FIN", c, IO, POLLRDHUP, 2000);
+    RC("close client", x->c->close(c));
+    RC("close listener", x->c->close(l));
+    sleep_ms(50);
+}
+
 static void reuseaddr_after_close(struct ctx *x) {
     struct sockaddr_storage ls;
     /* A listener without SO_REUSEADDR: its connections' TIME_WAIT keeps the port from a new
@@ -251,12 +261,7 @@ static void reuseaddr_after_close(struct ctx *x) {
     int c = FD("client socket", x->c->socket(x->family, SOCK_STREAM, 0));
     RC("client connect", x->c->connect(c, (void *)&ls, llen));
     int s = FD("accept", x->c->accept(l, NULL, NULL));
-    /* The server side closes first: its port is in TIME_WAIT on the kernel. */
-    RC("close server", x->c->close(s));
-    wait_mask(x, "client sees FIN", c, IO, POLLRDHUP, 2000);
-    RC("close client", x->c->close(c));
-    RC("close listener", x->c->close(l));
-    sleep_ms(50);
+    close_server_first(x, l, c, s);
     struct sockaddr_storage ss;
     socklen_t len = lo(x, 0, &ss);
     int n = FD("new socket", x->c->socket(x->family, SOCK_STREAM, 0));
@@ -269,11 +274,7 @@ static void reuseaddr_after_close(struct ctx *x) {
 static void reuseaddr_both_after_close(struct ctx *x) {
     int l, c, s;
     tcp_pair(x, &l, &c, &s); /* its listener has SO_REUSEADDR */
-    RC("close server", x->c->close(s));
-    wait_mask(x, "client sees FIN", c, IO, POLLRDHUP, 2000);
-    RC("close client", x->c->close(c));
-    RC("close listener", x->c->close(l));
-    sleep_ms(50);
+    close_server_first(x, l, c, s);
     struct sockaddr_storage ss;
     socklen_t len = lo(x, 0, &ss);
     int n = FD("new socket", x->c->socket(x->family, SOCK_STREAM, 0));
