@@ -65,11 +65,14 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
 
     override var waitsForRoomWithGate: Bool { true }
 
+    /// Readiness as Linux's datagram_poll computes it: RDNORM with IN, WRNORM|WRBAND with OUT.
     override func readiness() -> Int16 {
         if connection.isDead { return super.readiness() }
         var r: Int16 = 0
         if receiveRing.sharedReady() > 0 || view.events & CSHIMS_EV_READ_EOF != 0 { r |= Int16(POLLIN) }
         if sendRing.sharedReady() > 0 { r |= Int16(POLLOUT) }
+        if r & Int16(POLLIN) != 0 { r |= Int16(POLLRDNORM) }
+        if r & Int16(POLLOUT) != 0 { r |= Int16(POLLWRNORM | POLLWRBAND) }
         return r
     }
 
