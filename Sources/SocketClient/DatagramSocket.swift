@@ -23,6 +23,12 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
     private let memory: ProcessMemory
     /// The peer set by connect, used when send has no address.
     private let peer = Mutex<SocketAddress?>(nil)
+    /// The directions the app shut (1: SHUT_RD, 2: SHUT_WR), as Linux's sk_shutdown: recorded even
+    /// when shutdown fails with ENOTCONN, and never cleared (a disconnect keeps them).
+    private let localShutdown = Atomic<UInt8>(0)
+
+    private static let shutRead: UInt8 = 1
+    private static let shutWrite: UInt8 = 2
 
     static let maximumPayload = 65_507
     /// How long a send waits for the server to publish the buffers it asked for (nanoseconds).
@@ -48,6 +54,16 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
 
     var connectedPeer: SocketAddress? { peer.withLock { $0 } }
 
+    /// Linux's inet_shutdown on a datagram socket: the directions are recorded (a socket that is not
+    /// connected answers ENOTCONN, and they are recorded all the same, to wake pollers); readers
+    /// blocked on the socket return 0.
+    override func shutdown(_ how: Int32) throws(Errno) {
+        let bits: UInt8 = how == SHUT_RD ? Self.shutRead : how == SHUT_WR ? Self.shutWrite : Self.shutRead | Self.shutWrite
+        localShutdown.bitwiseOr(bits, ordering: .relaxed)
+        if bits & Self.shutRead != 0 { signalLocally() }
+        if connectedPeer == nil { throw Errno(ENOTCONN) }
+    }
+
     // MARK: receive
 
     /// The datagram at the head of the receive ring: its item count and total length.
@@ -65,11 +81,16 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
 
     override var waitsForRoomWithGate: Bool { true }
 
-    /// Readiness as Linux's datagram_poll computes it: RDNORM with IN, WRNORM|WRBAND with OUT.
+    /// Readiness as Linux's datagram_poll computes it: POLLIN|POLLRDHUP once the read side is shut,
+    /// POLLHUP once both are, POLLIN while a datagram waits, POLLOUT while the send ring has a
+    /// buffer; RDNORM with IN, WRNORM|WRBAND with OUT.
     override func readiness() -> Int16 {
         if connection.isDead { return super.readiness() }
+        let shut = localShutdown.load(ordering: .relaxed)
         var r: Int16 = 0
-        if receiveRing.sharedReady() > 0 || view.events & CSHIMS_EV_READ_EOF != 0 { r |= Int16(POLLIN) }
+        if shut & Self.shutRead != 0 { r |= Int16(POLLIN) | POLLRDHUP_ }
+        if shut == Self.shutRead | Self.shutWrite { r |= Int16(POLLHUP) }
+        if receiveRing.sharedReady() > 0 { r |= Int16(POLLIN) }
         if sendRing.sharedReady() > 0 { r |= Int16(POLLOUT) }
         if r & Int16(POLLIN) != 0 { r |= Int16(POLLRDNORM) }
         if r & Int16(POLLOUT) != 0 { r |= Int16(POLLWRNORM | POLLWRBAND) }
@@ -103,6 +124,9 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
                     try checkServerBeforeEAGAIN()
                     throw Errno(EAGAIN)
                 }
+                // Linux's __skb_wait_for_more_packets: a reader that would sleep on a socket whose
+                // read side is shut returns 0 (a non-blocking one fails with EAGAIN, above).
+                if localShutdown.load(ordering: .relaxed) & Self.shutRead != 0 { return (0, 0, nil, false) }
                 try waitFor(Int16(POLLIN), until: deadline)
             }
         }
@@ -161,6 +185,8 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         let slot = Int(info.slotSize)
         let needed = max(1, (length + slot - 1) / slot)
         guard needed <= Int(info.sendSize) else { throw Errno(EMSGSIZE) }
+        // Linux's sock_alloc_send_pskb: a shut write side.
+        guard localShutdown.load(ordering: .relaxed) & Self.shutWrite == 0 else { throw Errno(EPIPE) }
         let dontWait = flags & Int32(MSG_DONTWAIT) != 0 || nonBlocking.load(ordering: .relaxed)
         let deadline = self.deadline(sendTimeout.load(ordering: .relaxed))
         return try sendLock.withLock { () throws(Errno) -> Int in

@@ -32,7 +32,6 @@ final class UDPSocket: ServerSocket {
     private var sendPbufs: [UnsafeMutablePointer<pbuf>?]
     private let receiveSlots: Int  // segment offset of receive slot 0
     private let sendSlots: Int
-    private var readShutdown = false
     private(set) var receiveDrops: UInt64 = 0
     private(set) var sendErrors: UInt64 = 0
     /// Budget charged for each receive item's pbuf (process-vm), by ring position.
@@ -71,10 +70,6 @@ final class UDPSocket: ServerSocket {
     // MARK: receive path (lwIP callback, core lock held)
 
     func received(_ p: UnsafeMutablePointer<pbuf>, from ip: UnsafePointer<ip_addr_t>?, port: UInt16) {
-        if readShutdown {
-            pbuf_free(p)
-            return
-        }
         do { try reclaimReceived() } catch {
             pbuf_free(p)
             session.misbehaved(error)
@@ -346,14 +341,6 @@ final class UDPSocket: ServerSocket {
         case .getpeername:
             guard cstack_udp_is_connected(pcb) != 0 else { return .error(ENOTCONN) }
             return .address(socketAddress(cstack_udp_remote_ip(pcb), port: cstack_udp_remote_port(pcb), fallbackFamily: family))
-        case .shutdown(_, let how):
-            guard cstack_udp_is_connected(pcb) != 0 else { return .error(ENOTCONN) }
-            if how == SHUT_RD || how == SHUT_RDWR {
-                readShutdown = true
-                view.setEvents(CSHIMS_EV_READ_EOF)
-                toApp.notify()
-            }
-            return .ok(value: 0)
         case .getsockopt(_, let level, let name, _):
             return getOption(level: level, name: name)
         case .setsockopt(_, let level, let name, let value):
