@@ -26,6 +26,8 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
     /// The directions the app shut (1: SHUT_RD, 2: SHUT_WR), as Linux's sk_shutdown: recorded even
     /// when shutdown fails with ENOTCONN, and never cleared (a disconnect keeps them).
     private let localShutdown = Atomic<UInt8>(0)
+    /// The socket has a local port (autobound, or found bound already): sends need not ask.
+    private let hasPort = Atomic<Bool>(false)
 
     private static let shutRead: UInt8 = 1
     private static let shutWrite: UInt8 = 2
@@ -50,9 +52,27 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
 
     override func didConnect(_ address: SocketAddress) {
         peer.withLock { $0 = address.family == .unspecified ? nil : address }
+        // connect binds (lwIP's udp_connect); a disconnect may unbind an ephemeral port.
+        hasPort.store(address.family != .unspecified, ordering: .releasing)
     }
 
     var connectedPeer: SocketAddress? { peer.withLock { $0 } }
+
+    /// Binds a socket that has no port to an ephemeral one before a send, as Linux's
+    /// inet_send_prepare does (even for a send that then fails): getsockname shows the port as soon
+    /// as sendto returns, where the server would bind only when it sends the datagram, later. One
+    /// control request per socket: a socket bound already answers EINVAL, and is not asked again.
+    func autobind() throws(Errno) {
+        guard !hasPort.load(ordering: .acquiring) else { return }
+        do {
+            _ = try request(.bind(handle: info.handle, address: domain == AF_INET6 ? .ipv6Any() : .ipv4Any()))
+        } catch where error.rawValue == EINVAL {
+            // Bound already (by bind or connect).
+        } catch where error.rawValue == EADDRINUSE {
+            throw Errno(EAGAIN) // no ephemeral port left: Linux's send fails so
+        }
+        hasPort.store(true, ordering: .releasing)
+    }
 
     /// Linux's inet_shutdown on a datagram socket: the directions are recorded (a socket that is not
     /// connected answers ENOTCONN, and they are recorded all the same, to wake pollers); readers
