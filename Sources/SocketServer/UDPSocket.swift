@@ -32,6 +32,12 @@ final class UDPSocket: ServerSocket {
     private var sendPbufs: [UnsafeMutablePointer<pbuf>?]
     private let receiveSlots: Int  // segment offset of receive slot 0
     private let sendSlots: Int
+    /// The local address bind gave (the wildcard until then): connect replaces a wildcard with the
+    /// source address, and a reconnect or a disconnect puts this one back.
+    private var boundIP = ip_addr_t()
+    /// Bound to a port of the app's choosing (bind with a port other than 0): a disconnect keeps
+    /// it; an ephemeral port goes (Linux's SOCK_BINDPORT_LOCK).
+    private var portChosen = false
     private(set) var receiveDrops: UInt64 = 0
     private(set) var sendErrors: UInt64 = 0
     /// Budget charged for each receive item's pbuf (process-vm), by ring position.
@@ -63,6 +69,7 @@ final class UDPSocket: ServerSocket {
             throw ServerError("lwIP could not allocate a UDP pcb")
         }
         self.pcb = pcb
+        boundIP = cstack_udp_local_ip(pcb).pointee
         udp_recv(pcb, udpReceived, Unmanaged.passUnretained(self).toOpaque())
         refillSendRing()
     }
@@ -326,20 +333,31 @@ final class UDPSocket: ServerSocket {
             case .failure(let e): return .error(e.rawValue)
             }
             let err = udp_bind(pcb, &ip, address.port)
-            return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
+            guard err == errOK else { return .error(errnoFor(err)) }
+            boundIP = ip
+            portChosen = address.port != 0
+            return .ok(value: 0)
         case .connect(_, let address):
+            // Datagrams the app sent before it connected leave for the destination they had.
+            try? serviceStackEvent()
             if address.family == .unspecified {
-                udp_disconnect(pcb)
+                disconnect(pcb)
                 return .ok(value: 0)
             }
             guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
             var ip = ipAddress(address)
+            // The source address is chosen anew for each peer (Linux keeps the first connect's,
+            // and then fails to connect to a peer that address cannot reach).
+            cstack_udp_set_local_ip(pcb, &boundIP)
             let err = udp_connect(pcb, &ip, address.port)
-            return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
+            guard err == errOK else { return .error(errnoFor(err)) }
+            cstack_udp_take_source_address(pcb)
+            return .ok(value: 0)
         case .getsockname:
             return .address(socketAddress(cstack_udp_local_ip(pcb), port: cstack_udp_local_port(pcb), fallbackFamily: family))
         case .getpeername:
-            guard cstack_udp_is_connected(pcb) != 0 else { return .error(ENOTCONN) }
+            // Linux: connected to port 0 is not connected to anything (inet_getname).
+            guard cstack_udp_is_connected(pcb) != 0, cstack_udp_remote_port(pcb) != 0 else { return .error(ENOTCONN) }
             return .address(socketAddress(cstack_udp_remote_ip(pcb), port: cstack_udp_remote_port(pcb), fallbackFamily: family))
         case .getsockopt(_, let level, let name, _):
             return getOption(level: level, name: name)
@@ -350,6 +368,14 @@ final class UDPSocket: ServerSocket {
         default:
             return .error(EINVAL)
         }
+    }
+
+    /// connect(AF_UNSPEC), as Linux's __udp_disconnect: no peer; the source address connect gave
+    /// goes (an address given to bind stays), and so does an ephemeral port (a chosen one stays).
+    private func disconnect(_ pcb: UnsafeMutablePointer<udp_pcb>) {
+        udp_disconnect(pcb)
+        cstack_udp_set_local_ip(pcb, &boundIP)
+        if !portChosen { cstack_udp_unbind(pcb) }
     }
 
     private func getOption(level: Int32, name: Int32) -> Reply {
