@@ -1,5 +1,5 @@
 // UDP semantics lwIP leaves to the socket layer: the source address a connect gives, unbinding on
-// disconnect.
+// disconnect, broadcast destinations.
 #include "CStack.h"
 
 #include <lwip/ip.h>
@@ -29,4 +29,14 @@ void cstack_udp_unbind(struct udp_pcb *pcb) {
     }
     pcb->next = NULL;
     pcb->local_port = 0;
+}
+
+int cstack_ip_is_broadcast(const ip_addr_t *ip) {
+    if (!IP_IS_V4(ip) || ip4_addr_isany(ip_2_ip4(ip))) return 0; // 0.0.0.0 is this host on Linux
+    if (ip4_addr_get_u32(ip_2_ip4(ip)) == IPADDR_BROADCAST) return 1;
+    struct netif *netif;
+    NETIF_FOREACH(netif) {
+        if (ip4_addr_isbroadcast(ip_2_ip4(ip), netif)) return 1;
+    }
+    return 0;
 }

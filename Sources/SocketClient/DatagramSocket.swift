@@ -197,6 +197,7 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
             guard address.isValid else { throw Errno(EINVAL) }
             guard address.family == (domain == AF_INET6 ? .inet6 : .inet) else { throw Errno(EAFNOSUPPORT) }
             guard address.port != 0 else { throw Errno(EINVAL) }
+            if address.bytes == Self.limitedBroadcast { try checkBroadcastAllowed() }
             destination = address
         } else {
             guard connectedPeer != nil else { throw Errno(EDESTADDRREQ) }
@@ -253,6 +254,17 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
                 try waitFor(Int16(POLLOUT), until: deadline)
             }
         }
+    }
+
+    private static let limitedBroadcast: [UInt8] = [255, 255, 255, 255]
+
+    /// Linux refuses a broadcast destination without SO_BROADCAST (EACCES). The server keeps the
+    /// option: sending to 255.255.255.255 is rare enough to ask it each time (the server refuses a
+    /// connect to any broadcast address, and drops datagrams to an interface's directed broadcast).
+    private func checkBroadcastAllowed() throws(Errno) {
+        let reply = try request(.getsockopt(handle: info.handle, level: SOL_SOCKET, name: SO_BROADCAST, maxLength: 4))
+        guard case .option(let bytes) = reply, bytes.count == 4 else { throw Errno(EPROTO) }
+        guard bytes.contains(where: { $0 != 0 }) else { throw Errno(EACCES) }
     }
 
     private func fill(items: Int, length: Int, destination: SocketAddress, from buffers: [UnsafeRawBufferPointer]) throws(Errno) {

@@ -270,23 +270,29 @@ final class UDPSocket: ServerSocket {
             pendingError = ENOBUFS
             return count
         }
-        let err: err_t
+        let failure: Int32
         if let destination = SocketAddress(first.address), destination.family != .unspecified {
             if destination.family != family || !destination.isValid {
-                err = err_t(ERR_VAL.rawValue)
+                failure = EINVAL
             } else {
                 var ip = ipAddress(destination)
-                err = udp_sendto(pcb, head, &ip, destination.port)
+                if cstack_ip_is_broadcast(&ip) != 0 && cstack_pcb_get_option(pcb, UInt8(SOF_BROADCAST)) == 0 {
+                    // The client refuses 255.255.255.255 itself (EACCES, as Linux); an interface's
+                    // directed broadcast it cannot tell, so that is refused here.
+                    failure = EACCES
+                } else {
+                    failure = errnoFor(udp_sendto(pcb, head, &ip, destination.port))
+                }
             }
         } else if cstack_udp_is_connected(pcb) != 0 {
-            err = udp_send(pcb, head)
+            failure = errnoFor(udp_send(pcb, head))
         } else {
-            err = err_t(ERR_CONN.rawValue)
+            failure = ENOTCONN
         }
         pbuf_free(head)
-        if err != errOK {
+        if failure != 0 {
             sendErrors += 1
-            pendingError = errnoFor(err)
+            pendingError = failure
         }
         return count
     }
@@ -346,6 +352,7 @@ final class UDPSocket: ServerSocket {
             }
             guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
             var ip = ipAddress(address)
+            guard cstack_ip_is_broadcast(&ip) == 0 || cstack_pcb_get_option(pcb, UInt8(SOF_BROADCAST)) != 0 else { return .error(EACCES) }
             // The source address is chosen anew for each peer (Linux keeps the first connect's,
             // and then fails to connect to a peer that address cannot reach).
             cstack_udp_set_local_ip(pcb, &boundIP)

@@ -135,6 +135,9 @@ void cstack_udp_take_source_address(struct udp_pcb *pcb);
 /// Takes the pcb off lwIP's list and clears its port: unbound, as a fresh pcb (the next send or
 /// connect binds it to an ephemeral port again).
 void cstack_udp_unbind(struct udp_pcb *pcb);
+/// 1 when `ip` is an IPv4 broadcast address: 255.255.255.255 or the directed broadcast of an
+/// interface that has broadcast (Linux's RTCF_BROADCAST routes).
+int cstack_ip_is_broadcast(const ip_addr_t *ip);
 
 // MARK: syscalls behind _GNU_SOURCE
 
