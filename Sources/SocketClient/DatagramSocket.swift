@@ -84,6 +84,20 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         if connectedPeer == nil { throw Errno(ENOTCONN) }
     }
 
+    /// The pending error (ECONNREFUSED, set by the server when an ICMP port unreachable answers a
+    /// datagram to the connected peer), taken by the one call that reports it (Linux's sock_error):
+    /// recv, send or SO_ERROR. The server sets it anew for each refusal; a reconnect keeps it.
+    private func takeError() -> Errno? {
+        guard view.events & CSHIMS_EV_ERROR != 0 else { return nil }
+        let before = cshims_fetch_and_u32(view.header + Int(CSHIMS_CHANNEL_EVENTS), ~CSHIMS_EV_ERROR)
+        guard before & CSHIMS_EV_ERROR != 0 else { return nil }
+        let code = view.pendingError
+        return Errno(code != 0 ? code : ECONNREFUSED)
+    }
+
+    /// SO_ERROR: the refusal if one is pending, else what the server has (a send it could not make).
+    override func takeSocketError() -> Int32? { takeError()?.rawValue }
+
     // MARK: receive
 
     /// The datagram at the head of the receive ring: its item count and total length.
@@ -101,13 +115,14 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
 
     override var waitsForRoomWithGate: Bool { true }
 
-    /// Readiness as Linux's datagram_poll computes it: POLLIN|POLLRDHUP once the read side is shut,
-    /// POLLHUP once both are, POLLIN while a datagram waits, POLLOUT while the send ring has a
-    /// buffer; RDNORM with IN, WRNORM|WRBAND with OUT.
+    /// Readiness as Linux's datagram_poll computes it: POLLERR while an error waits to be taken,
+    /// POLLIN|POLLRDHUP once the read side is shut, POLLHUP once both are, POLLIN while a datagram
+    /// waits, POLLOUT while the send ring has a buffer; RDNORM with IN, WRNORM|WRBAND with OUT.
     override func readiness() -> Int16 {
         if connection.isDead { return super.readiness() }
         let shut = localShutdown.load(ordering: .relaxed)
         var r: Int16 = 0
+        if view.events & CSHIMS_EV_ERROR != 0 { r |= Int16(POLLERR) }
         if shut & Self.shutRead != 0 { r |= Int16(POLLIN) | POLLRDHUP_ }
         if shut == Self.shutRead | Self.shutWrite { r |= Int16(POLLHUP) }
         if receiveRing.sharedReady() > 0 { r |= Int16(POLLIN) }
@@ -115,6 +130,11 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         if r & Int16(POLLIN) != 0 { r |= Int16(POLLRDNORM) }
         if r & Int16(POLLOUT) != 0 { r |= Int16(POLLWRNORM | POLLWRBAND) }
         return r
+    }
+
+    /// Whether a recv would not block on the ring: a datagram, or an error to report.
+    private func receivable() throws(Errno) -> Bool {
+        try head() != nil || view.events & CSHIMS_EV_ERROR != 0
     }
 
     override func bytesReadable() throws(Errno) -> Int {
@@ -127,6 +147,7 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         let deadline = self.deadline(receiveTimeout.load(ordering: .relaxed))
         return try receiveLock.withLock { () throws(Errno) -> (Int, Int, SocketAddress?, Bool) in
             while true {
+                if let err = takeError() { throw err }
                 if let (items, total) = try head() {
                     let count = try copyOut(items: items, total: total, into: buffers)
                     let from = SocketAddress(receiveRing.item(0).pointee.address)
@@ -134,12 +155,12 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
                         receiveRing.handBack(items)
                         // Took the last one: clear the descriptor's readability now, so that poll
                         // reports POLLIN exactly while a datagram is waiting (as the kernel does).
-                        if try head() == nil { _ = try acknowledgeAndRecheck({ () throws(Errno) -> Bool in try head() != nil }) }
+                        if try head() == nil { _ = try acknowledgeAndRecheck(receivable) }
                     }
                     return (count, total, from, count < total)
                 }
                 try checkServer()
-                if try acknowledgeAndRecheck({ () throws(Errno) -> Bool in try head() != nil }) { continue }
+                if try acknowledgeAndRecheck(receivable) { continue }
                 if dontWait {
                     try checkServerBeforeEAGAIN()
                     throw Errno(EAGAIN)
@@ -206,7 +227,8 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         let slot = Int(info.slotSize)
         let needed = max(1, (length + slot - 1) / slot)
         guard needed <= Int(info.sendSize) else { throw Errno(EMSGSIZE) }
-        // Linux's sock_alloc_send_pskb: a shut write side.
+        // Linux's sock_alloc_send_pskb: a pending error first, then a shut write side.
+        if let err = takeError() { throw err }
         guard localShutdown.load(ordering: .relaxed) & Self.shutWrite == 0 else { throw Errno(EPIPE) }
         let dontWait = flags & Int32(MSG_DONTWAIT) != 0 || nonBlocking.load(ordering: .relaxed)
         let deadline = self.deadline(sendTimeout.load(ordering: .relaxed))

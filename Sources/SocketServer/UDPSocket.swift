@@ -71,8 +71,12 @@ final class UDPSocket: ServerSocket {
         self.pcb = pcb
         boundIP = cstack_udp_local_ip(pcb).pointee
         udp_recv(pcb, udpReceived, Unmanaged.passUnretained(self).toOpaque())
+        _ = Self.refusalsReported
         refillSendRing()
     }
+
+    /// ICMP port unreachable reaches the connected socket that sent the refused datagram.
+    private static let refusalsReported: Bool = cstack_udp_report_refusals(udpReceived, udpRefused) == 0
 
     // MARK: receive path (lwIP callback, core lock held)
 
@@ -134,6 +138,15 @@ final class UDPSocket: ServerSocket {
             pbuf_free(p)
         }
         receiveRing.publish(items)
+        toApp.notify()
+    }
+
+    /// An ICMP port unreachable answered a datagram this connected socket sent to its peer: its next
+    /// recv or send fails with ECONNREFUSED, or SO_ERROR reports it (Linux's __udp4_lib_err for a
+    /// connected socket). The error waits in the channel for the client to take it, once.
+    func refused() {
+        view.setPendingError(ECONNREFUSED)
+        view.setEvents(CSHIMS_EV_ERROR)
         toApp.notify()
     }
 
@@ -475,6 +488,12 @@ func udpReceived(_ arg: UnsafeMutableRawPointer?, _ pcb: UnsafeMutablePointer<ud
         return
     }
     Unmanaged<UDPSocket>.fromOpaque(arg).takeUnretainedValue().received(p, from: addr, port: port)
+}
+
+/// The handler of cstack_udp_report_refusals; `arg` is the refused pcb's udp_recv argument.
+func udpRefused(_ arg: UnsafeMutableRawPointer?) {
+    guard let arg else { return }
+    Unmanaged<UDPSocket>.fromOpaque(arg).takeUnretainedValue().refused()
 }
 
 // MARK: address conversion

@@ -138,6 +138,11 @@ void cstack_udp_unbind(struct udp_pcb *pcb);
 /// 1 when `ip` is an IPv4 broadcast address: 255.255.255.255 or the directed broadcast of an
 /// interface that has broadcast (Linux's RTCF_BROADCAST routes).
 int cstack_ip_is_broadcast(const ip_addr_t *ip);
+/// Watches the ICMP and ICMPv6 port unreachable messages the stack receives (from a TAP peer, or
+/// lwIP's own answer to a datagram sent to one of our addresses where no pcb is bound) and calls
+/// `handler` with the receive argument of the connected pcb (with receive callback `recv`) that
+/// sent the refused datagram. Once; later calls do nothing. Returns -1 when lwIP is out of pcbs.
+int cstack_udp_report_refusals(udp_recv_fn recv, void (*handler)(void *arg));
 
 // MARK: syscalls behind _GNU_SOURCE
 
