@@ -102,6 +102,7 @@ static u8_t cstack_icmp_seen(void *arg, struct raw_pcb *raw, struct pbuf *p, con
         cstack_ip_set(&src, 6, quoted + 8, 0);
         cstack_ip_set(&dst, 6, quoted + 24, 0);
     } else {
+        if (n < 8 + IP_HLEN + 4) return 0;
         qlen = (uint16_t)((quoted[0] & 0x0f) * 4);
         if (quoted[0] >> 4 != 4 || qlen < IP_HLEN || n < 8 + qlen + 4 || quoted[9] != IP_PROTO_UDP) return 0;
         cstack_ip_set(&src, 4, quoted + 12, 0);

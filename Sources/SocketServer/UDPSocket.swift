@@ -365,7 +365,8 @@ final class UDPSocket: ServerSocket {
             }
             guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
             var ip = ipAddress(address)
-            guard cstack_ip_is_broadcast(&ip) == 0 || cstack_pcb_get_option(pcb, UInt8(SOF_BROADCAST)) != 0 else { return .error(EACCES) }
+            let broadcastAllowed = cstack_pcb_get_option(pcb, UInt8(SOF_BROADCAST)) != 0
+            guard broadcastAllowed || cstack_ip_is_broadcast(&ip) == 0 else { return .error(EACCES) }
             // The source address is chosen anew for each peer (Linux keeps the first connect's,
             // and then fails to connect to a peer that address cannot reach).
             cstack_udp_set_local_ip(pcb, &boundIP)
