@@ -23,6 +23,14 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
     private let memory: ProcessMemory
     /// The peer set by connect, used when send has no address.
     private let peer = Mutex<SocketAddress?>(nil)
+    /// The directions the app shut (1: SHUT_RD, 2: SHUT_WR), as Linux's sk_shutdown: recorded even
+    /// when shutdown fails with ENOTCONN, and never cleared (a disconnect keeps them).
+    private let localShutdown = Atomic<UInt8>(0)
+    /// The socket has a local port (autobound, or found bound already): sends need not ask.
+    private let hasPort = Atomic<Bool>(false)
+
+    private static let shutRead: UInt8 = 1
+    private static let shutWrite: UInt8 = 2
 
     static let maximumPayload = 65_507
     /// How long a send waits for the server to publish the buffers it asked for (nanoseconds).
@@ -44,9 +52,54 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
 
     override func didConnect(_ address: SocketAddress) {
         peer.withLock { $0 = address.family == .unspecified ? nil : address }
+        // connect binds (lwIP's udp_connect); a disconnect may unbind an ephemeral port.
+        hasPort.store(address.family != .unspecified, ordering: .releasing)
     }
 
     var connectedPeer: SocketAddress? { peer.withLock { $0 } }
+
+    /// A bind succeeded: the socket has its port, and its first send need not ask for one.
+    func didBind() { hasPort.store(true, ordering: .releasing) }
+
+    /// Binds a socket that has no port to an ephemeral one before a send, as Linux's
+    /// inet_send_prepare does (even for a send that then fails): getsockname shows the port as soon
+    /// as sendto returns, where the server would bind only when it sends the datagram, later. One
+    /// control request per socket: a socket bound already answers EINVAL, and is not asked again.
+    func autobind() throws(Errno) {
+        guard !hasPort.load(ordering: .acquiring) else { return }
+        do {
+            _ = try request(.bind(handle: info.handle, address: domain == AF_INET6 ? .ipv6Any() : .ipv4Any()))
+        } catch where error.rawValue == EINVAL {
+            // Bound already (by bind or connect).
+        } catch where error.rawValue == EADDRINUSE {
+            throw Errno(EAGAIN) // no ephemeral port left: Linux's send fails so
+        }
+        hasPort.store(true, ordering: .releasing)
+    }
+
+    /// Linux's inet_shutdown on a datagram socket: the directions are recorded (a socket that is not
+    /// connected answers ENOTCONN, and they are recorded all the same, to wake pollers); readers
+    /// blocked on the socket return 0.
+    override func shutdown(_ how: Int32) throws(Errno) {
+        let bits: UInt8 = how == SHUT_RD ? Self.shutRead : how == SHUT_WR ? Self.shutWrite : Self.shutRead | Self.shutWrite
+        localShutdown.bitwiseOr(bits, ordering: .relaxed)
+        if bits & Self.shutRead != 0 { signalLocally() }
+        if connectedPeer == nil { throw Errno(ENOTCONN) }
+    }
+
+    /// The pending error (ECONNREFUSED, set by the server when an ICMP port unreachable answers a
+    /// datagram to the connected peer), taken by the one call that reports it (Linux's sock_error):
+    /// recv, send or SO_ERROR. The server sets it anew for each refusal; a reconnect keeps it.
+    private func takeError() -> Errno? {
+        guard view.events & CSHIMS_EV_ERROR != 0 else { return nil }
+        let before = cshims_fetch_and_u32(view.header + Int(CSHIMS_CHANNEL_EVENTS), ~CSHIMS_EV_ERROR)
+        guard before & CSHIMS_EV_ERROR != 0 else { return nil }
+        let code = view.pendingError
+        return Errno(code != 0 ? code : ECONNREFUSED)
+    }
+
+    /// SO_ERROR: the refusal if one is pending, else what the server has (a send it could not make).
+    override func takeSocketError() -> Int32? { takeError()?.rawValue }
 
     // MARK: receive
 
@@ -65,12 +118,26 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
 
     override var waitsForRoomWithGate: Bool { true }
 
+    /// Readiness as Linux's datagram_poll computes it: POLLERR while an error waits to be taken,
+    /// POLLIN|POLLRDHUP once the read side is shut, POLLHUP once both are, POLLIN while a datagram
+    /// waits, POLLOUT while the send ring has a buffer; RDNORM with IN, WRNORM|WRBAND with OUT.
     override func readiness() -> Int16 {
         if connection.isDead { return super.readiness() }
+        let shut = localShutdown.load(ordering: .relaxed)
         var r: Int16 = 0
-        if receiveRing.sharedReady() > 0 || view.events & CSHIMS_EV_READ_EOF != 0 { r |= Int16(POLLIN) }
+        if view.events & CSHIMS_EV_ERROR != 0 { r |= Int16(POLLERR) }
+        if shut & Self.shutRead != 0 { r |= Int16(POLLIN) | POLLRDHUP_ }
+        if shut == Self.shutRead | Self.shutWrite { r |= Int16(POLLHUP) }
+        if receiveRing.sharedReady() > 0 { r |= Int16(POLLIN) }
         if sendRing.sharedReady() > 0 { r |= Int16(POLLOUT) }
+        if r & Int16(POLLIN) != 0 { r |= Int16(POLLRDNORM) }
+        if r & Int16(POLLOUT) != 0 { r |= Int16(POLLWRNORM | POLLWRBAND) }
         return r
+    }
+
+    /// Whether a recv would not block on the ring: a datagram, or an error to report.
+    private func receivable() throws(Errno) -> Bool {
+        try head() != nil || view.events & CSHIMS_EV_ERROR != 0
     }
 
     override func bytesReadable() throws(Errno) -> Int {
@@ -83,6 +150,7 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         let deadline = self.deadline(receiveTimeout.load(ordering: .relaxed))
         return try receiveLock.withLock { () throws(Errno) -> (Int, Int, SocketAddress?, Bool) in
             while true {
+                if let err = takeError() { throw err }
                 if let (items, total) = try head() {
                     let count = try copyOut(items: items, total: total, into: buffers)
                     let from = SocketAddress(receiveRing.item(0).pointee.address)
@@ -90,16 +158,19 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
                         receiveRing.handBack(items)
                         // Took the last one: clear the descriptor's readability now, so that poll
                         // reports POLLIN exactly while a datagram is waiting (as the kernel does).
-                        if try head() == nil { _ = try acknowledgeAndRecheck({ () throws(Errno) -> Bool in try head() != nil }) }
+                        if try head() == nil { _ = try acknowledgeAndRecheck(receivable) }
                     }
                     return (count, total, from, count < total)
                 }
                 try checkServer()
-                if try acknowledgeAndRecheck({ () throws(Errno) -> Bool in try head() != nil }) { continue }
+                if try acknowledgeAndRecheck(receivable) { continue }
                 if dontWait {
                     try checkServerBeforeEAGAIN()
                     throw Errno(EAGAIN)
                 }
+                // Linux's __skb_wait_for_more_packets: a reader that would sleep on a socket whose
+                // read side is shut returns 0 (a non-blocking one fails with EAGAIN, above).
+                if localShutdown.load(ordering: .relaxed) & Self.shutRead != 0 { return (0, 0, nil, false) }
                 try waitFor(Int16(POLLIN), until: deadline)
             }
         }
@@ -150,6 +221,7 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
             guard address.isValid else { throw Errno(EINVAL) }
             guard address.family == (domain == AF_INET6 ? .inet6 : .inet) else { throw Errno(EAFNOSUPPORT) }
             guard address.port != 0 else { throw Errno(EINVAL) }
+            if address.bytes == Self.limitedBroadcast { try checkBroadcastAllowed() }
             destination = address
         } else {
             guard connectedPeer != nil else { throw Errno(EDESTADDRREQ) }
@@ -158,6 +230,9 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
         let slot = Int(info.slotSize)
         let needed = max(1, (length + slot - 1) / slot)
         guard needed <= Int(info.sendSize) else { throw Errno(EMSGSIZE) }
+        // Linux's sock_alloc_send_pskb: a pending error first, then a shut write side.
+        if let err = takeError() { throw err }
+        guard localShutdown.load(ordering: .relaxed) & Self.shutWrite == 0 else { throw Errno(EPIPE) }
         let dontWait = flags & Int32(MSG_DONTWAIT) != 0 || nonBlocking.load(ordering: .relaxed)
         let deadline = self.deadline(sendTimeout.load(ordering: .relaxed))
         return try sendLock.withLock { () throws(Errno) -> Int in
@@ -204,6 +279,17 @@ final class DatagramSocket: ClientSocket, @unchecked Sendable {
                 try waitFor(Int16(POLLOUT), until: deadline)
             }
         }
+    }
+
+    private static let limitedBroadcast: [UInt8] = [255, 255, 255, 255]
+
+    /// Linux refuses a broadcast destination without SO_BROADCAST (EACCES). The server keeps the
+    /// option: sending to 255.255.255.255 is rare enough to ask it each time (the server refuses a
+    /// connect to any broadcast address, and drops datagrams to an interface's directed broadcast).
+    private func checkBroadcastAllowed() throws(Errno) {
+        let reply = try request(.getsockopt(handle: info.handle, level: SOL_SOCKET, name: SO_BROADCAST, maxLength: 4))
+        guard case .option(let bytes) = reply, bytes.count == 4 else { throw Errno(EPROTO) }
+        guard bytes.contains(where: { $0 != 0 }) else { throw Errno(EACCES) }
     }
 
     private func fill(items: Int, length: Int, destination: SocketAddress, from buffers: [UnsafeRawBufferPointer]) throws(Errno) {

@@ -214,6 +214,7 @@ public func sko_bind(_ fd: Int32, _ addr: UnsafePointer<sockaddr>?, _ len: sockl
     onSocket(fd) { s throws(Errno) -> Int32 in
         let a = try address(addr, len, for: s)
         _ = try s.request(.bind(handle: s.info.handle, address: a))
+        (s as? DatagramSocket)?.didBind()
         return 0
     }
 }
@@ -235,6 +236,7 @@ public func sko_sendto(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int, _ flag
                        _ addr: UnsafePointer<sockaddr>?, _ alen: socklen_t) -> Int {
     onSocket(fd) { s throws(Errno) -> Int in
         guard buf != nil || len == 0 else { throw Errno(EFAULT) }
+        try (s as? DatagramSocket)?.autobind() // before the address is looked at, as Linux
         let to: SocketAddress? = addr == nil ? nil : try address(addr, alen, for: s, sending: true)
         return try s.send([UnsafeRawBufferPointer(start: buf, count: len)], to: to, flags: flags)
     }
@@ -251,6 +253,7 @@ public func sko_send(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int, _ flags:
 public func sko_sendmsg(_ fd: Int32, _ msg: UnsafePointer<msghdr>?, _ flags: Int32) -> Int {
     onSocket(fd) { s throws(Errno) -> Int in
         guard let msg = msg?.pointee else { throw Errno(EFAULT) }
+        try (s as? DatagramSocket)?.autobind() // before the address is looked at, as Linux
         let to: SocketAddress? = msg.msg_name == nil ? nil : try address(msg.msg_name.assumingMemoryBound(to: sockaddr.self), msg.msg_namelen, for: s, sending: true)
         let iov = UnsafeBufferPointer(start: msg.msg_iov, count: Int(msg.msg_iovlen))
         return try s.send(iov.map { UnsafeRawBufferPointer(start: $0.iov_base, count: $0.iov_len) }, to: to, flags: flags)

@@ -32,7 +32,12 @@ final class UDPSocket: ServerSocket {
     private var sendPbufs: [UnsafeMutablePointer<pbuf>?]
     private let receiveSlots: Int  // segment offset of receive slot 0
     private let sendSlots: Int
-    private var readShutdown = false
+    /// The local address bind gave (the wildcard until then): connect replaces a wildcard with the
+    /// source address, and a reconnect or a disconnect puts this one back.
+    private var boundIP = ip_addr_t()
+    /// Bound to a port of the app's choosing (bind with a port other than 0): a disconnect keeps
+    /// it; an ephemeral port goes (Linux's SOCK_BINDPORT_LOCK).
+    private var portChosen = false
     private(set) var receiveDrops: UInt64 = 0
     private(set) var sendErrors: UInt64 = 0
     /// Budget charged for each receive item's pbuf (process-vm), by ring position.
@@ -65,17 +70,18 @@ final class UDPSocket: ServerSocket {
         }
         ipOptions.apply(to: pcb, domain: domain)
         self.pcb = pcb
+        boundIP = cstack_udp_local_ip(pcb).pointee
         udp_recv(pcb, udpReceived, Unmanaged.passUnretained(self).toOpaque())
+        _ = Self.refusalsReported
         refillSendRing()
     }
+
+    /// ICMP port unreachable reaches the connected socket that sent the refused datagram.
+    private static let refusalsReported: Bool = cstack_udp_report_refusals(udpReceived, udpRefused) == 0
 
     // MARK: receive path (lwIP callback, core lock held)
 
     func received(_ p: UnsafeMutablePointer<pbuf>, from ip: UnsafePointer<ip_addr_t>?, port: UInt16) {
-        if readShutdown {
-            pbuf_free(p)
-            return
-        }
         do { try reclaimReceived() } catch {
             pbuf_free(p)
             session.misbehaved(error)
@@ -133,6 +139,15 @@ final class UDPSocket: ServerSocket {
             pbuf_free(p)
         }
         receiveRing.publish(items)
+        toApp.notify()
+    }
+
+    /// An ICMP port unreachable answered a datagram this connected socket sent to its peer: its next
+    /// recv or send fails with ECONNREFUSED, or SO_ERROR reports it (Linux's __udp4_lib_err for a
+    /// connected socket). The error waits in the channel for the client to take it, once.
+    func refused() {
+        view.setPendingError(ECONNREFUSED)
+        view.setEvents(CSHIMS_EV_ERROR)
         toApp.notify()
     }
 
@@ -269,26 +284,32 @@ final class UDPSocket: ServerSocket {
             pendingError = ENOBUFS
             return count
         }
-        let err: err_t
+        let failure: Int32
         if let destination = SocketAddress(first.address), destination.family != .unspecified {
             if destination.family != family || !destination.isValid {
-                err = err_t(ERR_VAL.rawValue)
+                failure = EINVAL
             } else {
                 if var ip = stackAddress(destination) {
-                    err = udp_sendto(pcb, head, &ip, destination.port)
+                    if cstack_ip_is_broadcast(&ip) != 0 && cstack_pcb_get_option(pcb, UInt8(SOF_BROADCAST)) == 0 {
+                        // The client refuses 255.255.255.255 itself (EACCES, as Linux); an interface's
+                        // directed broadcast it cannot tell, so that is refused here.
+                        failure = EACCES
+                    } else {
+                        failure = errnoFor(udp_sendto(pcb, head, &ip, destination.port))
+                    }
                 } else {
-                    err = err_t(ERR_RTE.rawValue) // v4-mapped on an IPv6-only socket
+                    failure = ENETUNREACH // v4-mapped on an IPv6-only socket
                 }
             }
         } else if cstack_udp_is_connected(pcb) != 0 {
-            err = udp_send(pcb, head)
+            failure = errnoFor(udp_send(pcb, head))
         } else {
-            err = err_t(ERR_CONN.rawValue)
+            failure = ENOTCONN
         }
         pbuf_free(head)
-        if err != errOK {
+        if failure != 0 {
             sendErrors += 1
-            pendingError = errnoFor(err)
+            pendingError = failure
         }
         return count
     }
@@ -335,29 +356,34 @@ final class UDPSocket: ServerSocket {
             case .failure(let e): return .error(e.rawValue)
             }
             let err = udp_bind(pcb, &ip, address.port)
-            return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
+            guard err == errOK else { return .error(errnoFor(err)) }
+            boundIP = ip
+            portChosen = address.port != 0
+            return .ok(value: 0)
         case .connect(_, let address):
+            // Datagrams the app sent before it connected leave for the destination they had.
+            try? serviceStackEvent()
             if address.family == .unspecified {
-                udp_disconnect(pcb)
+                disconnect(pcb)
                 return .ok(value: 0)
             }
             guard address.family == family, address.isValid else { return .error(EAFNOSUPPORT) }
             guard var ip = stackAddress(address) else { return .error(ENETUNREACH) }
+            let broadcastAllowed = cstack_pcb_get_option(pcb, UInt8(SOF_BROADCAST)) != 0
+            guard broadcastAllowed || cstack_ip_is_broadcast(&ip) == 0 else { return .error(EACCES) }
+            // The source address is chosen anew for each peer (Linux keeps the first connect's,
+            // and then fails to connect to a peer that address cannot reach).
+            cstack_udp_set_local_ip(pcb, &boundIP)
             let err = udp_connect(pcb, &ip, address.port)
-            return err == errOK ? .ok(value: 0) : .error(errnoFor(err))
+            guard err == errOK else { return .error(errnoFor(err)) }
+            cstack_udp_take_source_address(pcb)
+            return .ok(value: 0)
         case .getsockname:
             return .address(appAddress(cstack_udp_local_ip(pcb), port: cstack_udp_local_port(pcb)))
         case .getpeername:
-            guard cstack_udp_is_connected(pcb) != 0 else { return .error(ENOTCONN) }
+            // Linux: connected to port 0 is not connected to anything (inet_getname).
+            guard cstack_udp_is_connected(pcb) != 0, cstack_udp_remote_port(pcb) != 0 else { return .error(ENOTCONN) }
             return .address(appAddress(cstack_udp_remote_ip(pcb), port: cstack_udp_remote_port(pcb)))
-        case .shutdown(_, let how):
-            guard cstack_udp_is_connected(pcb) != 0 else { return .error(ENOTCONN) }
-            if how == SHUT_RD || how == SHUT_RDWR {
-                readShutdown = true
-                view.setEvents(CSHIMS_EV_READ_EOF)
-                toApp.notify()
-            }
-            return .ok(value: 0)
         case .getsockopt(_, let level, let name, _):
             return getOption(level: level, name: name)
         case .setsockopt(_, let level, let name, let value):
@@ -371,6 +397,14 @@ final class UDPSocket: ServerSocket {
 
     /// SOL_SOCKET options a UDP socket records and reports (see ServerSocket.recordedOption).
     private static let recordedOptions: Set<Int32> = [SO_RCVLOWAT, SO_KEEPALIVE, SO_REUSEPORT, SO_LINGER]
+
+    /// connect(AF_UNSPEC), as Linux's __udp_disconnect: no peer; the source address connect gave
+    /// goes (an address given to bind stays), and so does an ephemeral port (a chosen one stays).
+    private func disconnect(_ pcb: UnsafeMutablePointer<udp_pcb>) {
+        udp_disconnect(pcb)
+        cstack_udp_set_local_ip(pcb, &boundIP)
+        if !portChosen { cstack_udp_unbind(pcb) }
+    }
 
     private func getOption(level: Int32, name: Int32) -> Reply {
         if let v = commonOption(level: level, name: name) ?? ipOption(level: level, name: name) { return .option(v) }
@@ -464,6 +498,12 @@ func udpReceived(_ arg: UnsafeMutableRawPointer?, _ pcb: UnsafeMutablePointer<ud
         return
     }
     Unmanaged<UDPSocket>.fromOpaque(arg).takeUnretainedValue().received(p, from: addr, port: port)
+}
+
+/// The handler of cstack_udp_report_refusals; `arg` is the refused pcb's udp_recv argument.
+func udpRefused(_ arg: UnsafeMutableRawPointer?) {
+    guard let arg else { return }
+    Unmanaged<UDPSocket>.fromOpaque(arg).takeUnretainedValue().refused()
 }
 
 // MARK: address conversion

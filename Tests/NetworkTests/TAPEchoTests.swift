@@ -73,6 +73,23 @@ struct TAPEchoTests {
         #expect(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
     }
 
+    /// The kernel answers a datagram to a port where nothing listens with ICMP (ICMPv6) port
+    /// unreachable: a connected stack socket's next call fails with ECONNREFUSED, as a kernel
+    /// socket's would; an unconnected one hears nothing (its recv times out).
+    @Test("ICMP port unreachable from the kernel: ECONNREFUSED on a connected UDP socket only")
+    func portUnreachable() throws {
+        let net = try TAPNetwork.make("refused", subnet: 16)
+        defer { net.teardown() }
+        try net.startServer()
+        for address in [net.kernelIPv4, net.kernelIPv6] {
+            for (mode, expected) in [("connected", "recv=errno:\(ECONNREFUSED)"), ("unconnected", "recv=errno:\(EAGAIN)")] {
+                let r = try net.runStack("net-peer", ["udp-refused", net.socketPath, address, "9", mode], timeoutSeconds: 30)
+                #expect(r.succeeded && r.output.contains(expected), "\(mode) to \(address): \(r)")
+            }
+        }
+        #expect(net.stopServer() == .exited(0), "\(net.server?.diagnostics ?? "")")
+    }
+
     /// A stack application that reads to the end of the stream and closes must end the connection
     /// with FIN, not RST: the kernel sender, waiting for our FIN after its own, sees a clean end.
     /// (The stack once reset such connections about half the time: see TCPSocket.closeByApp.)

@@ -1284,7 +1284,7 @@ static void v6_sendto_sockaddr_in(struct ctx *x) {
     struct sockaddr_storage ss;
     socklen_t len = loopback(x, AF_INET, x->port[0], &ss);
     RC("v6 sendto a sockaddr_in", x->c->sendto(s, "in4", 3, 0, (void *)&ss, len));
-    poll_mask(x, "v4 receiver mask", r, IO, 200);
+    wait_mask(x, "v4 receiver mask", r, IO, POLLIN, 2000);
     RC("v4 recv", x->c->recv(r, (char[8]){0}, 8, MSG_DONTWAIT));
     RC("v6 connect a sockaddr_in", x->c->connect(s, (void *)&ss, len));
     x->c->close(r);

@@ -10,6 +10,9 @@
 //       sends one 100-byte datagram to HOST:PORT from a socket with IP_TTL TTL and IP_TOS TOS (for
 //       an IPv6 HOST: IPV6_UNICAST_HOPS TTL, TOS ignored), prints "sent=N"; with ":echo" waits up
 //       to 5 s for the datagram to come back and prints "sent=N echoed=M" (M: -1 for none).
+//   net-peer udp-refused SERVER_PATH HOST PORT connected|unconnected
+//       sends one datagram to HOST:PORT (where nothing listens) from a socket connected there, or
+//       with sendto, then prints what a recv waiting up to 2 s says: "recv=N" or "recv=errno:E".
 //
 // The tests hash both files with sha256sum; the kernel-side peer hashes what it sends or receives.
 // Exit status 0 on success; 2 with an "error: ..." line otherwise.
@@ -43,7 +46,7 @@ func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
 
 let args = Array(CommandLine.arguments.dropFirst())
 guard args.count == 5, let port = UInt16(args[3]) else {
-    fail("usage: net-peer tcp-sink|tcp-source|udp-send SERVER_PATH ADDRESS PORT FILE|TTL:TOS")
+    fail("usage: net-peer tcp-sink|tcp-source|udp-send|udp-refused SERVER_PATH ADDRESS PORT FILE|TTL:TOS|connected")
 }
 signal(SIGPIPE, SIG_IGN)
 let (mode, serverPath, host, path) = (args[0], args[1], args[2], args[4])
@@ -119,6 +122,20 @@ do {
             print("sent=\(sent) echoed=\(echoed)")
         } else {
             print("sent=\(sent)")
+        }
+    case "udp-refused":
+        let s = try Socket(address.family, .datagram)
+        try s.setTimeouts(receive: 2000, send: nil)
+        if path == "connected" {
+            try s.connect(to: address)
+            _ = try s.send([1, 2, 3])
+        } else {
+            _ = try s.send([1, 2, 3], to: address)
+        }
+        do {
+            print("recv=\(try s.receive(maxBytes: 16).bytes.count)")
+        } catch {
+            print("recv=errno:\(error.errno.rawValue)")
         }
     default:
         fail("unknown mode \(mode)")

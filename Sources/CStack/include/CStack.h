@@ -65,6 +65,7 @@ static inline uint16_t cstack_udp_local_port(const struct udp_pcb *pcb) { return
 static inline uint16_t cstack_udp_remote_port(const struct udp_pcb *pcb) { return pcb->remote_port; }
 static inline const ip_addr_t *cstack_udp_local_ip(const struct udp_pcb *pcb) { return &pcb->local_ip; }
 static inline const ip_addr_t *cstack_udp_remote_ip(const struct udp_pcb *pcb) { return &pcb->remote_ip; }
+static inline void cstack_udp_set_local_ip(struct udp_pcb *pcb, const ip_addr_t *ip) { ip_addr_copy(pcb->local_ip, *ip); }
 static inline int cstack_udp_is_connected(const struct udp_pcb *pcb) { return (pcb->flags & UDP_FLAGS_CONNECTED) != 0; }
 static inline void cstack_pcb_set_option(struct udp_pcb *pcb, uint8_t opt, int on) {
     if (on) ip_set_option(pcb, opt); else ip_reset_option(pcb, opt);
@@ -136,6 +137,24 @@ struct tcp_pcb *cstack_tcp_listen(struct tcp_pcb *pcb, uint8_t backlog, err_t *e
 struct pbuf *cstack_pbuf_alloc_transport(uint16_t size);
 /// Shrinks a single pbuf to `len` bytes (len <= its size).
 void cstack_pbuf_set_length(struct pbuf *p, uint16_t len);
+
+// MARK: UDP semantics (udp.c)
+
+/// Gives a connected pcb bound to the wildcard address the source address its datagrams leave
+/// from (the route's interface address, as udp_sendto_if picks it), as Linux's connect sets the
+/// socket's source address: getsockname shows it, and only datagrams to it are received.
+void cstack_udp_take_source_address(struct udp_pcb *pcb);
+/// Takes the pcb off lwIP's list and clears its port: unbound, as a fresh pcb (the next send or
+/// connect binds it to an ephemeral port again).
+void cstack_udp_unbind(struct udp_pcb *pcb);
+/// 1 when `ip` is an IPv4 broadcast address: 255.255.255.255 or the directed broadcast of an
+/// interface that has broadcast (Linux's RTCF_BROADCAST routes).
+int cstack_ip_is_broadcast(const ip_addr_t *ip);
+/// Watches the ICMP and ICMPv6 port unreachable messages the stack receives (from a TAP peer, or
+/// lwIP's own answer to a datagram sent to one of our addresses where no pcb is bound) and calls
+/// `handler` with the receive argument of the connected pcb (with receive callback `recv`) that
+/// sent the refused datagram. Once; later calls do nothing. Returns -1 when lwIP is out of pcbs.
+int cstack_udp_report_refusals(udp_recv_fn recv, void (*handler)(void *arg));
 
 // MARK: syscalls behind _GNU_SOURCE
 
