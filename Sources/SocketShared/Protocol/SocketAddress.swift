@@ -69,7 +69,10 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// An IPv4 address in IPv6 form (::ffff:a.b.c.d), as dual-stack IPv6 sockets see IPv4 peers.
     public var isV4Mapped: Bool {
-        family == .inet6 && bytes.count == 16 && bytes[..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff
+        // (Asked for every datagram a server socket sends: plain indexing, no slices.)
+        guard family == .inet6, bytes.count == 16, bytes[10] == 0xff, bytes[11] == 0xff else { return false }
+        for i in 0..<10 where bytes[i] != 0 { return false }
+        return true
     }
 
     /// The IPv4 address inside a v4-mapped one (same port).
