@@ -10,9 +10,12 @@ let package = Package(
         // The same library as a shared object, for C programs (include/socket_offload.h).
         .library(name: "SocketClientDynamic", type: .dynamic, targets: ["SocketClient"]),
         .library(name: "SocketShared", targets: ["SocketShared"]),
+        // The LD_PRELOAD library (C): libsocket-offload-preload.so, next to libSocketClientDynamic.so.
+        .library(name: "socket-offload-preload", type: .dynamic, targets: ["SocketPreload"]),
         .library(name: "SocketServer", targets: ["SocketServer"]),
         .executable(name: "socket-server", targets: ["socket-server"]),
         .executable(name: "socket-bench", targets: ["socket-bench"]),
+        .executable(name: "socket-offload-run", targets: ["socket-offload-run"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -53,6 +56,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The launcher: runs any program with LD_PRELOAD=libsocket-offload-preload.so.
+        .executableTarget(
+            name: "socket-offload-run",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         // The benchmark: every workload over the kernel's sockets and over the stack.
         .executableTarget(
             name: "socket-bench",
@@ -64,6 +72,14 @@ let package = Package(
         ),
         // The client library applications link.
         .target(name: "SocketClient", dependencies: ["SocketShared", "CShims"]),
+        // Unmodified programs on the stack: libc's socket calls interposed (C: it runs inside any
+        // program, before any Swift code), forwarding ours to SocketClient's sko_* calls, which it
+        // loads on first use.
+        .target(
+            name: "SocketPreload",
+            cSettings: cSettings,
+            linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]
+        ),
 
         // Examples: the echo pairs, built on SocketClient.
         .executableTarget(

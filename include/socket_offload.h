@@ -8,7 +8,7 @@
  * room in the send ring). Close them with sko_close, never with close(2).
  *
  * The server is found at the path given to sko_configure, else $SOCKET_SERVER_PATH, else
- * $XDG_RUNTIME_DIR/socket-server.sock, else /tmp/socket-server-UID.sock. When the server is gone,
+ * $XDG_RUNTIME_DIR/socket-server.sock, else /tmp/socket-server-UID/socket. When the server is gone,
  * calls fail with ENETDOWN.
  *
  * Link: the dynamic library product SocketClientDynamic (libSocketClientDynamic.so), e.g.
@@ -29,6 +29,9 @@ extern "C" {
 
 /* transport: 0 auto, 1 process-vm, 2 shared-memory. path NULL: the default. Before the first socket. */
 int sko_configure(const char *path, int transport);
+
+/* The server path this process uses, into buf (NUL-terminated, truncated); returns its length. */
+size_t sko_server_path(char *buf, size_t size);
 
 int sko_socket(int domain, int type, int protocol);
 int sko_bind(int fd, const struct sockaddr *addr, socklen_t len);

@@ -17,6 +17,9 @@ final class ClientState: Sendable {
     private let connectionState = Mutex<(path: String?, transport: DatagramTransport, connection: ServerConnection?)>((nil, .auto, nil))
     private let sockets = Mutex<[Int32: ClientSocket]>([:])
 
+    /// The path given to sko_configure, if any.
+    var configuredPath: String? { connectionState.withLock { $0.path } }
+
     func configure(path: String?, transport: DatagramTransport) -> Int32 {
         connectionState.withLock { state in
             if state.connection != nil { return EISCONN }
@@ -147,6 +150,20 @@ public func sko_configure(_ path: UnsafePointer<CChar>?, _ transport: Int32) -> 
         if err != 0 { throw Errno(err) }
         return 0
     }
+}
+
+/// The server path this process uses (configured, else the default rules), into `buffer` of
+/// `size` bytes, NUL-terminated and truncated to fit. Returns the path's full length.
+@_cdecl("sko_server_path")
+public func sko_server_path(_ buffer: UnsafeMutablePointer<CChar>?, _ size: Int) -> Int {
+    let path = ClientState.shared.configuredPath ?? ServerConnection.defaultPath
+    let bytes = Array(path.utf8)
+    if let buffer, size > 0 {
+        let n = min(bytes.count, size - 1)
+        for i in 0..<n { buffer[i] = CChar(bitPattern: bytes[i]) }
+        buffer[n] = 0
+    }
+    return bytes.count
 }
 
 /// Creates a socket in the stack. The corresponding C function is `socket`.

@@ -1,0 +1,803 @@
+/*
+ * preload.c — libsocket-offload-preload.so: unmodified programs on the stack (LD_PRELOAD).
+ *
+ * The library interposes libc's socket calls. AF_INET/AF_INET6 stream and datagram sockets go to the
+ * stack through SocketClient's sko_* calls (libSocketClientDynamic.so, loaded from the directory
+ * this library is in the first time a program makes such a socket); every other descriptor goes to
+ * libc untouched, for the price of one array lookup.
+ *
+ * Which descriptors are ours: a table indexed by descriptor (one byte per descriptor, set and read
+ * with relaxed atomics: a descriptor number is ours exactly while our socket holds it open in the
+ * kernel, so no other thread can be handed that number meanwhile). A stack socket's descriptor is
+ * its eventfd (see socket_offload.h); `dup` gives an alias (a kernel dup of the eventfd) that stands
+ * for the same socket, which closes when its last descriptor does.
+ *
+ * Calls made by SocketClient itself (it uses read, write, poll and close on its own descriptors,
+ * including the eventfds the application holds) must reach libc: they are recognised by the
+ * caller's address (inside libSocketClientDynamic.so) or by a per-thread depth counter set while
+ * this library is inside an sko_* call.
+ */
+#include "socket_offload_preload.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <link.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- libc, resolved once */
+
+#define REAL_FUNCTIONS(X) \
+    X(socket, int, (int, int, int)) \
+    X(bind, int, (int, const struct sockaddr *, socklen_t)) \
+    X(listen, int, (int, int)) \
+    X(accept, int, (int, struct sockaddr *, socklen_t *)) \
+    X(accept4, int, (int, struct sockaddr *, socklen_t *, int)) \
+    X(connect, int, (int, const struct sockaddr *, socklen_t)) \
+    X(send, ssize_t, (int, const void *, size_t, int)) \
+    X(sendto, ssize_t, (int, const void *, size_t, int, const struct sockaddr *, socklen_t)) \
+    X(sendmsg, ssize_t, (int, const struct msghdr *, int)) \
+    X(sendmmsg, int, (int, struct mmsghdr *, unsigned int, int)) \
+    X(recv, ssize_t, (int, void *, size_t, int)) \
+    X(recvfrom, ssize_t, (int, void *, size_t, int, struct sockaddr *, socklen_t *)) \
+    X(recvmsg, ssize_t, (int, struct msghdr *, int)) \
+    X(recvmmsg, int, (int, struct mmsghdr *, unsigned int, int, struct timespec *)) \
+    X(read, ssize_t, (int, void *, size_t)) \
+    X(write, ssize_t, (int, const void *, size_t)) \
+    X(readv, ssize_t, (int, const struct iovec *, int)) \
+    X(writev, ssize_t, (int, const struct iovec *, int)) \
+    X(close, int, (int)) \
+    X(shutdown, int, (int, int)) \
+    X(getsockopt, int, (int, int, int, void *, socklen_t *)) \
+    X(setsockopt, int, (int, int, int, const void *, socklen_t)) \
+    X(getsockname, int, (int, struct sockaddr *, socklen_t *)) \
+    X(getpeername, int, (int, struct sockaddr *, socklen_t *)) \
+    X(fcntl, int, (int, int, ...)) \
+    X(ioctl, int, (int, unsigned long, ...)) \
+    X(dup, int, (int)) \
+    X(dup2, int, (int, int)) \
+    X(dup3, int, (int, int, int)) \
+    X(poll, int, (struct pollfd *, nfds_t, int)) \
+    X(ppoll, int, (struct pollfd *, nfds_t, const struct timespec *, const sigset_t *)) \
+    X(select, int, (int, fd_set *, fd_set *, fd_set *, struct timeval *)) \
+    X(pselect, int, (int, fd_set *, fd_set *, fd_set *, const struct timespec *, const sigset_t *)) \
+    X(epoll_ctl, int, (int, int, int, struct epoll_event *)) \
+    X(epoll_wait, int, (int, struct epoll_event *, int, int)) \
+    X(epoll_pwait, int, (int, struct epoll_event *, int, int, const sigset_t *)) \
+    X(sendfile, ssize_t, (int, int, off_t *, size_t))
+
+#define DECLARE(name, ret, args) static ret(*real_##name) args;
+REAL_FUNCTIONS(DECLARE)
+
+/* Resolves libc's function on first use (a call may arrive before our constructor runs). */
+#define REAL(name) (real_##name ? real_##name : (real_##name = dlsym(RTLD_NEXT, #name)))
+
+/* ---------------------------------------------------------------- the client library */
+
+#define SKO_FUNCTIONS(X) \
+    X(sko_socket, int, (int, int, int)) \
+    X(sko_bind, int, (int, const struct sockaddr *, socklen_t)) \
+    X(sko_connect, int, (int, const struct sockaddr *, socklen_t)) \
+    X(sko_listen, int, (int, int)) \
+    X(sko_accept4, int, (int, struct sockaddr *, socklen_t *, int)) \
+    X(sko_sendto, ssize_t, (int, const void *, size_t, int, const struct sockaddr *, socklen_t)) \
+    X(sko_sendmsg, ssize_t, (int, const struct msghdr *, int)) \
+    X(sko_recvfrom, ssize_t, (int, void *, size_t, int, struct sockaddr *, socklen_t *)) \
+    X(sko_recvmsg, ssize_t, (int, struct msghdr *, int)) \
+    X(sko_getsockname, int, (int, struct sockaddr *, socklen_t *)) \
+    X(sko_getpeername, int, (int, struct sockaddr *, socklen_t *)) \
+    X(sko_getsockopt, int, (int, int, int, void *, socklen_t *)) \
+    X(sko_setsockopt, int, (int, int, int, const void *, socklen_t)) \
+    X(sko_ioctl, int, (int, unsigned long, int *)) \
+    X(sko_fcntl, int, (int, int, int)) \
+    X(sko_shutdown, int, (int, int)) \
+    X(sko_poll, int, (struct pollfd *, unsigned long, int)) \
+    X(sko_close, int, (int)) \
+    X(sko_server_path, size_t, (char *, size_t))
+
+#define DECLARE_SKO(name, ret, args) static ret(*name##_p) args;
+SKO_FUNCTIONS(DECLARE_SKO)
+
+static uintptr_t client_lo, client_hi; /* libSocketClientDynamic.so's mapped range */
+static int client_error;               /* errno of a failed load (then every stack socket fails) */
+static pthread_once_t client_once = PTHREAD_ONCE_INIT;
+static __thread int depth;             /* > 0 while this thread is inside an sko_* call */
+
+static int find_range(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    uintptr_t want = (uintptr_t)data;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        if (info->dlpi_phdr[i].p_type != PT_LOAD) continue;
+        uintptr_t a = info->dlpi_addr + info->dlpi_phdr[i].p_vaddr;
+        if (a < lo) lo = a;
+        if (a + info->dlpi_phdr[i].p_memsz > hi) hi = a + info->dlpi_phdr[i].p_memsz;
+    }
+    if (want >= lo && want < hi) {
+        client_lo = lo;
+        client_hi = hi;
+        return 1;
+    }
+    return 0;
+}
+
+static void load_client(void) {
+    char path[PATH_MAX];
+    const char *env = getenv("SOCKET_OFFLOAD_CLIENT_LIBRARY");
+    if (env && *env) {
+        snprintf(path, sizeof path, "%s", env);
+    } else {
+        Dl_info self;
+        if (!dladdr((void *)load_client, &self) || !self.dli_fname) { client_error = ELIBACC; return; }
+        snprintf(path, sizeof path, "%s", self.dli_fname);
+        char *slash = strrchr(path, '/');
+        size_t dir = slash ? (size_t)(slash - path + 1) : 0;
+        snprintf(path + dir, sizeof path - dir, "libSocketClientDynamic.so");
+    }
+    depth++;
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    depth--;
+    if (!h) {
+        fprintf(stderr, "socket-offload: cannot load %s: %s\n", path, dlerror());
+        client_error = ELIBACC;
+        return;
+    }
+#define LOAD_SKO(name, ret, args) \
+    if (!(name##_p = (ret(*) args)dlsym(h, #name))) { client_error = ELIBBAD; return; }
+    SKO_FUNCTIONS(LOAD_SKO)
+    dl_iterate_phdr(find_range, (void *)sko_socket_p);
+}
+
+static int client_ready(void) {
+    pthread_once(&client_once, load_client);
+    if (client_error) { errno = client_error; return 0; }
+    return 1;
+}
+
+/* Whether a call comes from SocketClient itself (or from us, inside an sko_* call): libc's then. */
+static inline int from_library(void *caller) {
+    return depth > 0 || ((uintptr_t)caller >= client_lo && (uintptr_t)caller < client_hi);
+}
+
+/* Calls an sko_* function with the depth counter held, keeping its errno. */
+#define SKO(name, ...) ({ depth++; __typeof__(name##_p(__VA_ARGS__)) r_ = name##_p(__VA_ARGS__); int e_ = errno; depth--; errno = e_; r_; })
+
+/* ---------------------------------------------------------------- the descriptor table */
+
+enum { NOT_OURS = 0, SOCKET = 1, ALIAS = 2, EPOLL_SET = 3 /* an epoll instance watching ours */ };
+static _Atomic uint8_t *kinds;   /* per descriptor */
+static int *targets;             /* per descriptor: the socket's own descriptor (for an alias) */
+static _Atomic int *references;  /* per socket descriptor: how many descriptors stand for it */
+static int table_size;
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void table_init(void) {
+    if (kinds) return;
+    struct rlimit rl;
+    int n = 1 << 16;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != RLIM_INFINITY && rl.rlim_max > (rlim_t)n) n = (int)rl.rlim_max;
+    if (n > (1 << 20)) n = 1 << 20;
+    void *a = mmap(NULL, (size_t)n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *b = mmap(NULL, (size_t)n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *c = mmap(NULL, (size_t)n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a == MAP_FAILED || b == MAP_FAILED || c == MAP_FAILED) return;
+    targets = b;
+    references = c;
+    table_size = n;
+    atomic_thread_fence(memory_order_release);
+    kinds = a;
+}
+
+__attribute__((constructor)) static void preload_init(void) {
+#define RESOLVE(name, ret, args) REAL(name);
+    REAL_FUNCTIONS(RESOLVE)
+    table_init();
+}
+
+static inline int kind_of(int fd) {
+    _Atomic uint8_t *k = kinds;
+    if (!k || fd < 0 || fd >= table_size) return NOT_OURS;
+    return atomic_load_explicit(&k[fd], memory_order_relaxed);
+}
+
+/* The socket behind `fd` (the sko descriptor), or -1 when fd is not ours. */
+static inline int socket_of(int fd, void *caller) {
+    int k = kind_of(fd);
+    if (k == NOT_OURS || k == EPOLL_SET || from_library(caller)) return -1;
+    return k == SOCKET ? fd : targets[fd];
+}
+
+static void mark(int fd, int kind, int target) {
+    if (fd < 0 || fd >= table_size) return;
+    targets[fd] = target;
+    atomic_fetch_add(&references[target], 1);
+    atomic_store_explicit(&kinds[fd], (uint8_t)kind, memory_order_relaxed);
+}
+
+/* Drops descriptor `fd` of socket `s`; closes the socket with its last descriptor. */
+static int release(int fd, int s) {
+    pthread_mutex_lock(&table_lock);
+    atomic_store_explicit(&kinds[fd], NOT_OURS, memory_order_relaxed);
+    int left = atomic_fetch_sub(&references[s], 1) - 1;
+    pthread_mutex_unlock(&table_lock);
+    int rc = 0;
+    if (fd != s) rc = REAL(close)(fd); /* an alias: its own kernel descriptor */
+    if (left == 0) {
+        int r = SKO(sko_close, s); /* closes the socket's eventfd (descriptor s) too */
+        if (fd == s) rc = r;
+    }
+    /* (The socket's own descriptor going while aliases remain stays open in the kernel, where the
+     * socket needs it, until the last alias closes: its number is not reused meanwhile.) */
+    return rc;
+}
+
+/* ---------------------------------------------------------------- policy */
+
+static int offload_tcp = 1, offload_udp = 1;
+static pthread_once_t policy_once = PTHREAD_ONCE_INIT;
+
+static void read_policy(void) {
+    const char *t = getenv("SOCKET_OFFLOAD_TYPES");
+    if (!t) return;
+    offload_tcp = strstr(t, "tcp") != NULL;
+    offload_udp = strstr(t, "udp") != NULL;
+}
+
+static int wanted(int domain, int type, int protocol) {
+    if (domain != AF_INET && domain != AF_INET6) return 0;
+    pthread_once(&policy_once, read_policy);
+    int base = type & 0xf;
+    if (base == SOCK_STREAM) return offload_tcp && (protocol == 0 || protocol == IPPROTO_TCP);
+    if (base == SOCK_DGRAM) return offload_udp && (protocol == 0 || protocol == IPPROTO_UDP);
+    return 0;
+}
+
+static void report_unreachable(int err) {
+    static atomic_int said;
+    if (atomic_exchange(&said, 1)) return;
+    char path[PATH_MAX] = "?";
+    if (sko_server_path_p) SKO(sko_server_path, path, sizeof path);
+    fprintf(stderr, "socket-offload: no socket server at %s: %s (set SOCKET_SERVER_PATH, or start socket-server)\n",
+            path, strerror(err));
+}
+
+/* ---------------------------------------------------------------- sockets */
+
+int socket(int domain, int type, int protocol) {
+    if (!wanted(domain, type, protocol) || from_library(__builtin_return_address(0))) return REAL(socket)(domain, type, protocol);
+    table_init();
+    if (!client_ready()) return -1;
+    int fd = SKO(sko_socket, domain, type, protocol);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT || e == ECONNREFUSED || e == ETIMEDOUT || e == EPERM || e == EACCES || e == ENETDOWN) report_unreachable(e);
+        errno = e;
+        return -1;
+    }
+    mark(fd, SOCKET, fd);
+    return fd;
+}
+
+int socketpair(int domain, int type, int protocol, int sv[2]) {
+    static int (*real_socketpair)(int, int, int, int[2]);
+    if (!real_socketpair) real_socketpair = dlsym(RTLD_NEXT, "socketpair");
+    return real_socketpair(domain, type, protocol, sv); /* always the kernel's (AF_UNIX) */
+}
+
+#define ON_SOCKET(fd, call, fallback) do { \
+        int s_ = socket_of(fd, __builtin_return_address(0)); \
+        if (s_ < 0) return fallback; \
+        return call; \
+    } while (0)
+
+int bind(int fd, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, SKO(sko_bind, s_, a, l), REAL(bind)(fd, a, l)); }
+int listen(int fd, int b) { ON_SOCKET(fd, SKO(sko_listen, s_, b), REAL(listen)(fd, b)); }
+int connect(int fd, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, SKO(sko_connect, s_, a, l), REAL(connect)(fd, a, l)); }
+int shutdown(int fd, int how) { ON_SOCKET(fd, SKO(sko_shutdown, s_, how), REAL(shutdown)(fd, how)); }
+int getsockname(int fd, struct sockaddr *a, socklen_t *l) { ON_SOCKET(fd, SKO(sko_getsockname, s_, a, l), REAL(getsockname)(fd, a, l)); }
+int getpeername(int fd, struct sockaddr *a, socklen_t *l) { ON_SOCKET(fd, SKO(sko_getpeername, s_, a, l), REAL(getpeername)(fd, a, l)); }
+int getsockopt(int fd, int lv, int n, void *v, socklen_t *l) { ON_SOCKET(fd, SKO(sko_getsockopt, s_, lv, n, v, l), REAL(getsockopt)(fd, lv, n, v, l)); }
+int setsockopt(int fd, int lv, int n, const void *v, socklen_t l) { ON_SOCKET(fd, SKO(sko_setsockopt, s_, lv, n, v, l), REAL(setsockopt)(fd, lv, n, v, l)); }
+
+static int accept_common(int fd, struct sockaddr *a, socklen_t *l, int flags, void *caller) {
+    int s = socket_of(fd, caller);
+    if (s < 0) return REAL(accept4)(fd, a, l, flags);
+    int c = SKO(sko_accept4, s, a, l, flags);
+    if (c >= 0) mark(c, SOCKET, c);
+    return c;
+}
+int accept(int fd, struct sockaddr *a, socklen_t *l) {
+    if (kind_of(fd) == NOT_OURS) return REAL(accept)(fd, a, l);
+    return accept_common(fd, a, l, 0, __builtin_return_address(0));
+}
+int accept4(int fd, struct sockaddr *a, socklen_t *l, int flags) { return accept_common(fd, a, l, flags, __builtin_return_address(0)); }
+
+/* ---------------------------------------------------------------- data */
+
+ssize_t send(int fd, const void *b, size_t n, int f) { ON_SOCKET(fd, SKO(sko_sendto, s_, b, n, f, NULL, 0), REAL(send)(fd, b, n, f)); }
+ssize_t sendto(int fd, const void *b, size_t n, int f, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, SKO(sko_sendto, s_, b, n, f, a, l), REAL(sendto)(fd, b, n, f, a, l)); }
+ssize_t sendmsg(int fd, const struct msghdr *m, int f) { ON_SOCKET(fd, SKO(sko_sendmsg, s_, m, f), REAL(sendmsg)(fd, m, f)); }
+ssize_t recv(int fd, void *b, size_t n, int f) { ON_SOCKET(fd, SKO(sko_recvfrom, s_, b, n, f, NULL, NULL), REAL(recv)(fd, b, n, f)); }
+ssize_t recvfrom(int fd, void *b, size_t n, int f, struct sockaddr *a, socklen_t *l) { ON_SOCKET(fd, SKO(sko_recvfrom, s_, b, n, f, a, l), REAL(recvfrom)(fd, b, n, f, a, l)); }
+ssize_t recvmsg(int fd, struct msghdr *m, int f) { ON_SOCKET(fd, SKO(sko_recvmsg, s_, m, f), REAL(recvmsg)(fd, m, f)); }
+ssize_t read(int fd, void *b, size_t n) { ON_SOCKET(fd, SKO(sko_recvfrom, s_, b, n, 0, NULL, NULL), REAL(read)(fd, b, n)); }
+ssize_t write(int fd, const void *b, size_t n) { ON_SOCKET(fd, SKO(sko_sendto, s_, b, n, 0, NULL, 0), REAL(write)(fd, b, n)); }
+
+/* The _FORTIFY_SOURCE variants packaged programs call. */
+ssize_t __read_chk(int fd, void *b, size_t n, size_t size) { (void)size; return read(fd, b, n); }
+ssize_t __recv_chk(int fd, void *b, size_t n, size_t size, int f) { (void)size; return recv(fd, b, n, f); }
+ssize_t __recvfrom_chk(int fd, void *b, size_t n, size_t size, int f, struct sockaddr *a, socklen_t *l) {
+    (void)size;
+    return recvfrom(fd, b, n, f, a, l);
+}
+
+ssize_t readv(int fd, const struct iovec *v, int n) {
+    int s = socket_of(fd, __builtin_return_address(0));
+    if (s < 0) return REAL(readv)(fd, v, n);
+    struct msghdr m = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
+    return SKO(sko_recvmsg, s, &m, 0);
+}
+
+ssize_t writev(int fd, const struct iovec *v, int n) {
+    int s = socket_of(fd, __builtin_return_address(0));
+    if (s < 0) return REAL(writev)(fd, v, n);
+    struct msghdr m = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
+    return SKO(sko_sendmsg, s, &m, 0);
+}
+
+int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int f) {
+    int s = socket_of(fd, __builtin_return_address(0));
+    if (s < 0) return REAL(sendmmsg)(fd, v, n, f);
+    unsigned int i = 0;
+    for (; i < n; i++) {
+        ssize_t r = SKO(sko_sendmsg, s, &v[i].msg_hdr, f);
+        if (r < 0) return i > 0 ? (int)i : -1;
+        v[i].msg_len = (unsigned int)r;
+    }
+    return (int)i;
+}
+
+int recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int f, struct timespec *t) {
+    int s = socket_of(fd, __builtin_return_address(0));
+    if (s < 0) return REAL(recvmmsg)(fd, v, n, f, t);
+    unsigned int i = 0;
+    for (; i < n; i++) {
+        /* The first waits as asked; the rest only take what is already there (Linux's behaviour
+         * without MSG_WAITFORONE is to wait for all; the common callers pass MSG_WAITFORONE or
+         * non-blocking sockets). */
+        ssize_t r = SKO(sko_recvmsg, s, &v[i].msg_hdr, i == 0 ? (f & ~MSG_WAITFORONE) : (f | MSG_DONTWAIT));
+        if (r < 0) return i > 0 ? (int)i : -1;
+        v[i].msg_len = (unsigned int)r;
+    }
+    return (int)i;
+}
+
+ssize_t sendfile(int out, int in, off_t *offset, size_t count) {
+    int s = socket_of(out, __builtin_return_address(0));
+    if (s < 0) {
+        if (socket_of(in, __builtin_return_address(0)) >= 0) { errno = EINVAL; return -1; }
+        return REAL(sendfile)(out, in, offset, count);
+    }
+    /* From a file into a stack socket: read and send, in chunks. */
+    char buf[65536];
+    size_t done = 0;
+    off_t pos = offset ? *offset : 0;
+    while (done < count) {
+        size_t want = count - done < sizeof buf ? count - done : sizeof buf;
+        ssize_t got = offset ? pread(in, buf, want, pos) : REAL(read)(in, buf, want);
+        if (got < 0) { if (done) break; return -1; }
+        if (got == 0) break;
+        ssize_t sent = SKO(sko_sendto, s, buf, (size_t)got, MSG_NOSIGNAL, NULL, 0);
+        if (sent < 0) { if (done) break; return -1; }
+        done += (size_t)sent;
+        pos += sent;
+        if (sent < got) {
+            if (!offset) lseek(in, sent - got, SEEK_CUR);
+            break;
+        }
+    }
+    if (offset) *offset = pos;
+    return (ssize_t)done;
+}
+
+/* ---------------------------------------------------------------- descriptors */
+
+static void forget_epoll_set(int epfd);
+
+int close(int fd) {
+    int s = socket_of(fd, __builtin_return_address(0));
+    if (s >= 0) return release(fd, s);
+    if (kind_of(fd) == EPOLL_SET) forget_epoll_set(fd);
+    return REAL(close)(fd);
+}
+
+int close_range(unsigned int first, unsigned int last, int flags) {
+    static int (*real_close_range)(unsigned int, unsigned int, int);
+    if (!real_close_range) real_close_range = dlsym(RTLD_NEXT, "close_range");
+    if (!(flags & CLOSE_RANGE_CLOEXEC)) {
+        for (unsigned int fd = first; fd <= last && (int)fd < table_size; fd++) {
+            int k = kind_of((int)fd);
+            if (k == SOCKET || k == ALIAS) close((int)fd);
+            else if (k == EPOLL_SET) forget_epoll_set((int)fd);
+            if (fd == UINT_MAX) break;
+        }
+    }
+    return real_close_range(first, last, flags);
+}
+
+static int alias(int s, int newfd) {
+    mark(newfd, ALIAS, s);
+    return newfd;
+}
+
+int dup(int fd) {
+    int s = socket_of(fd, __builtin_return_address(0));
+    int n = REAL(dup)(fd);
+    return (s < 0 || n < 0) ? n : alias(s, n);
+}
+
+static int dup_onto(int fd, int newfd, int flags, void *caller) {
+    int s = socket_of(fd, caller);
+    if (fd == newfd) return flags ? (errno = EINVAL, -1) : newfd;
+    int t = socket_of(newfd, caller);
+    if (t >= 0) release(newfd, t); /* dup2 closes newfd first */
+    int n = REAL(dup3)(fd, newfd, flags);
+    return (s < 0 || n < 0) ? n : alias(s, n);
+}
+int dup2(int fd, int newfd) {
+    if (fd == newfd) return REAL(dup2)(fd, newfd);
+    return dup_onto(fd, newfd, 0, __builtin_return_address(0));
+}
+int dup3(int fd, int newfd, int flags) { return dup_onto(fd, newfd, flags, __builtin_return_address(0)); }
+
+static int fcntl_common(int fd, int cmd, long arg, void *caller) {
+    int s = socket_of(fd, caller);
+    if (s >= 0) {
+        switch (cmd) {
+        case F_GETFL:
+        case F_SETFL:
+            return SKO(sko_fcntl, s, cmd, (int)arg);
+        case F_DUPFD:
+        case F_DUPFD_CLOEXEC: {
+            int n = REAL(fcntl)(fd, cmd, arg);
+            return n < 0 ? n : alias(s, n);
+        }
+        default:
+            break; /* F_GETFD/F_SETFD and the rest: the descriptor's own */
+        }
+    }
+    return REAL(fcntl)(fd, cmd, arg);
+}
+
+int fcntl(int fd, int cmd, ...) {
+    va_list ap;
+    va_start(ap, cmd);
+    long arg = va_arg(ap, long);
+    va_end(ap);
+    return fcntl_common(fd, cmd, arg, __builtin_return_address(0));
+}
+int fcntl64(int fd, int cmd, ...) {
+    va_list ap;
+    va_start(ap, cmd);
+    long arg = va_arg(ap, long);
+    va_end(ap);
+    return fcntl_common(fd, cmd, arg, __builtin_return_address(0));
+}
+
+int ioctl(int fd, unsigned long request, ...) {
+    va_list ap;
+    va_start(ap, request);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    int s = socket_of(fd, __builtin_return_address(0));
+    if (s >= 0 && (request == FIONREAD || request == FIONBIO || request == TIOCOUTQ)) return SKO(sko_ioctl, s, request, (int *)arg);
+    return REAL(ioctl)(fd, request, arg);
+}
+
+/* ---------------------------------------------------------------- readiness */
+
+/* poll over a set holding stack sockets: sko_poll, with aliases given as their sockets. */
+static int poll_ours(struct pollfd *fds, nfds_t n, int timeout, int *handled, void *caller) {
+    int any = 0;
+    for (nfds_t i = 0; i < n && !any; i++) any = socket_of(fds[i].fd, caller) >= 0;
+    *handled = any;
+    if (!any) return 0;
+    struct pollfd local[64];
+    struct pollfd *p = n <= 64 ? local : malloc(n * sizeof *p);
+    if (!p) { errno = ENOMEM; return -1; }
+    for (nfds_t i = 0; i < n; i++) {
+        int s = socket_of(fds[i].fd, caller);
+        p[i] = (struct pollfd){s >= 0 ? s : fds[i].fd, fds[i].events, 0};
+    }
+    int rc = SKO(sko_poll, p, n, timeout);
+    for (nfds_t i = 0; i < n; i++) fds[i].revents = p[i].revents;
+    if (p != local) free(p);
+    return rc;
+}
+
+int poll(struct pollfd *fds, nfds_t n, int timeout) {
+    int handled;
+    int rc = poll_ours(fds, n, timeout, &handled, __builtin_return_address(0));
+    return handled ? rc : REAL(poll)(fds, n, timeout);
+}
+
+int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t len) {
+    (void)len;
+    return poll(fds, n, timeout);
+}
+
+static int timeout_ms(const struct timespec *t) {
+    if (!t) return -1;
+    long long ms = (long long)t->tv_sec * 1000 + (t->tv_nsec + 999999) / 1000000;
+    return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *t, const sigset_t *mask) {
+    int handled;
+    for (nfds_t i = 0; i < n; i++) {
+        if (socket_of(fds[i].fd, __builtin_return_address(0)) < 0) continue;
+        /* The signal mask is applied around the wait (not atomically, as ppoll would). */
+        sigset_t old;
+        if (mask) pthread_sigmask(SIG_SETMASK, mask, &old);
+        int rc = poll_ours(fds, n, timeout_ms(t), &handled, __builtin_return_address(0));
+        int e = errno;
+        if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
+        errno = e;
+        return rc;
+    }
+    return REAL(ppoll)(fds, n, t, mask);
+}
+
+int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *t, const sigset_t *mask, size_t len) {
+    (void)len;
+    return ppoll(fds, n, t, mask);
+}
+
+/* select over a set holding stack sockets, as poll: readable = POLLIN|POLLHUP|POLLERR (Linux's
+ * POLLIN_SET), writable = POLLOUT|POLLERR, exceptional = POLLPRI. */
+static int select_ours(int nfds, fd_set *r, fd_set *w, fd_set *x, int timeout, int *handled, void *caller) {
+    *handled = 0;
+    struct pollfd local[256];
+    int n = 0, any = 0;
+    for (int fd = 0; fd < nfds && fd < FD_SETSIZE; fd++) {
+        short ev = (short)((r && FD_ISSET(fd, r) ? POLLIN : 0) | (w && FD_ISSET(fd, w) ? POLLOUT : 0) | (x && FD_ISSET(fd, x) ? POLLPRI : 0));
+        if (!ev) continue;
+        if (socket_of(fd, caller) >= 0) any = 1;
+        if (n == 256) { if (any) { errno = EINVAL; *handled = 1; return -1; } return 0; }
+        local[n++] = (struct pollfd){fd, ev, 0};
+    }
+    if (!any) return 0;
+    *handled = 1;
+    int h;
+    int rc = poll_ours(local, (nfds_t)n, timeout, &h, caller);
+    if (rc < 0) return rc;
+    if (r) FD_ZERO(r);
+    if (w) FD_ZERO(w);
+    if (x) FD_ZERO(x);
+    int count = 0;
+    for (int i = 0; i < n; i++) {
+        short re = local[i].revents;
+        if ((local[i].events & POLLIN) && (re & (POLLIN | POLLHUP | POLLERR))) { FD_SET(local[i].fd, r); count++; }
+        if ((local[i].events & POLLOUT) && (re & (POLLOUT | POLLERR))) { FD_SET(local[i].fd, w); count++; }
+        if ((local[i].events & POLLPRI) && (re & POLLPRI)) { FD_SET(local[i].fd, x); count++; }
+    }
+    return count;
+}
+
+int select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *t) {
+    int handled;
+    int ms = t ? (int)(t->tv_sec * 1000 + (t->tv_usec + 999) / 1000) : -1;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    int rc = select_ours(nfds, r, w, x, ms, &handled, __builtin_return_address(0));
+    if (!handled) return REAL(select)(nfds, r, w, x, t);
+    if (t && rc >= 0) { /* Linux writes back the time left */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long left = (long long)t->tv_sec * 1000000 + t->tv_usec -
+                         ((long long)(now.tv_sec - start.tv_sec) * 1000000 + (now.tv_nsec - start.tv_nsec) / 1000);
+        if (left < 0 || rc == 0) left = 0;
+        t->tv_sec = left / 1000000;
+        t->tv_usec = left % 1000000;
+    }
+    return rc;
+}
+
+int pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *t, const sigset_t *mask) {
+    sigset_t old;
+    if (mask) pthread_sigmask(SIG_SETMASK, mask, &old);
+    int handled;
+    int rc = select_ours(nfds, r, w, x, timeout_ms(t), &handled, __builtin_return_address(0));
+    int e = errno;
+    if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = e;
+    return handled ? rc : REAL(pselect)(nfds, r, w, x, t, mask);
+}
+
+/* ---------------------------------------------------------------- epoll
+ *
+ * A stack socket cannot be put in the kernel's epoll set as itself (its eventfd's readiness is not
+ * the socket's). An epoll instance keeps its stack sockets in a list of ours; epoll_wait reports
+ * them from sko_poll and the kernel's part from the real epoll, and sleeps in sko_poll on both
+ * (the epoll descriptor itself is pollable). Level-triggered, EPOLLET (reported when a wanted bit
+ * appears that was not reported last time) and EPOLLONESHOT (disarmed until EPOLL_CTL_MOD).
+ */
+
+struct watched { int fd; int socket; uint32_t events; epoll_data_t data; short last; int armed; };
+struct epoll_set { int epfd; int count, capacity; struct watched *items; struct epoll_set *next; pthread_mutex_t lock; };
+static struct epoll_set *epoll_sets;
+static pthread_mutex_t epoll_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void forget_epoll_set(int epfd) {
+    pthread_mutex_lock(&epoll_lock);
+    for (struct epoll_set **l = &epoll_sets; *l; l = &(*l)->next) {
+        if ((*l)->epfd != epfd) continue;
+        struct epoll_set *e = *l;
+        *l = e->next;
+        free(e->items);
+        free(e);
+        break;
+    }
+    atomic_store_explicit(&kinds[epfd], NOT_OURS, memory_order_relaxed);
+    pthread_mutex_unlock(&epoll_lock);
+}
+
+static struct epoll_set *epoll_set_of(int epfd, int create) {
+    pthread_mutex_lock(&epoll_lock);
+    struct epoll_set *e = epoll_sets;
+    while (e && e->epfd != epfd) e = e->next;
+    if (!e && create) {
+        e = calloc(1, sizeof *e);
+        if (e) {
+            e->epfd = epfd;
+            pthread_mutex_init(&e->lock, NULL);
+            e->next = epoll_sets;
+            epoll_sets = e;
+            if (epfd >= 0 && epfd < table_size) atomic_store_explicit(&kinds[epfd], EPOLL_SET, memory_order_relaxed);
+        }
+    }
+    pthread_mutex_unlock(&epoll_lock);
+    return e;
+}
+
+static short poll_events(uint32_t ev) {
+    short p = 0;
+    if (ev & EPOLLIN) p |= POLLIN;
+    if (ev & EPOLLOUT) p |= POLLOUT;
+    if (ev & EPOLLRDHUP) p |= POLLRDHUP;
+    if (ev & EPOLLPRI) p |= POLLPRI;
+    return p;
+}
+
+static uint32_t epoll_bits(short re) {
+    uint32_t e = 0;
+    if (re & POLLIN) e |= EPOLLIN;
+    if (re & POLLOUT) e |= EPOLLOUT;
+    if (re & POLLRDHUP) e |= EPOLLRDHUP;
+    if (re & POLLPRI) e |= EPOLLPRI;
+    if (re & POLLERR) e |= EPOLLERR;
+    if (re & POLLHUP) e |= EPOLLHUP;
+    return e;
+}
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
+    int s = socket_of(fd, __builtin_return_address(0));
+    if (s < 0) return REAL(epoll_ctl)(epfd, op, fd, ev);
+    struct epoll_set *e = epoll_set_of(epfd, op == EPOLL_CTL_ADD);
+    if (!e) { errno = op == EPOLL_CTL_ADD ? ENOMEM : ENOENT; return -1; }
+    pthread_mutex_lock(&e->lock);
+    int i = 0;
+    while (i < e->count && e->items[i].fd != fd) i++;
+    int rc = 0;
+    switch (op) {
+    case EPOLL_CTL_ADD:
+        if (i < e->count) { errno = EEXIST; rc = -1; break; }
+        if (!ev) { errno = EFAULT; rc = -1; break; }
+        if (e->count == e->capacity) {
+            int cap = e->capacity ? e->capacity * 2 : 8;
+            struct watched *grown = realloc(e->items, (size_t)cap * sizeof *grown);
+            if (!grown) { errno = ENOMEM; rc = -1; break; }
+            e->items = grown;
+            e->capacity = cap;
+        }
+        e->items[e->count++] = (struct watched){fd, s, ev->events, ev->data, 0, 1};
+        break;
+    case EPOLL_CTL_MOD:
+        if (i == e->count) { errno = ENOENT; rc = -1; break; }
+        if (!ev) { errno = EFAULT; rc = -1; break; }
+        e->items[i] = (struct watched){fd, s, ev->events, ev->data, 0, 1};
+        break;
+    case EPOLL_CTL_DEL:
+        if (i == e->count) { errno = ENOENT; rc = -1; break; }
+        e->items[i] = e->items[--e->count];
+        break;
+    default:
+        errno = EINVAL;
+        rc = -1;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return rc;
+}
+
+static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int timeout, const sigset_t *mask) {
+    struct epoll_set *e = kind_of(epfd) == EPOLL_SET ? epoll_set_of(epfd, 0) : NULL;
+    if (!e || e->count == 0 || max <= 0) return REAL(epoll_pwait)(epfd, out, max, timeout, mask);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        pthread_mutex_lock(&e->lock);
+        int n = e->count;
+        struct pollfd p[n + 1];
+        for (int i = 0; i < n; i++) p[i] = (struct pollfd){e->items[i].socket, e->items[i].armed ? poll_events(e->items[i].events) : 0, 0};
+        p[n] = (struct pollfd){epfd, POLLIN, 0};
+        pthread_mutex_unlock(&e->lock);
+        int rc = SKO(sko_poll, p, (unsigned long)n, 0);
+        if (rc < 0) return -1;
+        int got = 0;
+        pthread_mutex_lock(&e->lock);
+        for (int i = 0; i < n && i < e->count && got < max; i++) {
+            struct watched *w = &e->items[i];
+            if (w->socket != p[i].fd || !w->armed) continue;
+            short re = p[i].revents;
+            if (w->events & EPOLLET) {
+                short fresh = (short)(re & ~w->last);
+                w->last = re;
+                if (!(fresh & (poll_events(w->events) | POLLERR | POLLHUP))) continue;
+            } else if (!re) {
+                continue;
+            }
+            out[got].events = epoll_bits(re) & (w->events | EPOLLERR | EPOLLHUP);
+            out[got].data = w->data;
+            got++;
+            if (w->events & EPOLLONESHOT) w->armed = 0;
+        }
+        pthread_mutex_unlock(&e->lock);
+        if (got < max) {
+            int k = REAL(epoll_wait)(epfd, out + got, max - got, 0);
+            if (k > 0) got += k;
+        }
+        if (got > 0) return got;
+        int left = timeout;
+        if (timeout >= 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+            if (elapsed >= timeout) return 0;
+            left = timeout - (int)elapsed;
+        }
+        /* Sleep until one of ours or the kernel's part changes. ET sockets already reported would
+         * wake the sleep at once: bound it to a millisecond then. */
+        int has_et = 0;
+        for (int i = 0; i < n; i++) if (p[i].revents) has_et = 1;
+        if (has_et && (left < 0 || left > 1)) left = 1;
+        sigset_t old;
+        if (mask) pthread_sigmask(SIG_SETMASK, mask, &old);
+        int w = SKO(sko_poll, p, (unsigned long)n + 1, left);
+        int err = errno;
+        if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (w < 0) { errno = err; return -1; }
+    }
+}
+
+int epoll_wait(int epfd, struct epoll_event *out, int max, int timeout) { return epoll_wait_common(epfd, out, max, timeout, NULL); }
+int epoll_pwait(int epfd, struct epoll_event *out, int max, int timeout, const sigset_t *mask) { return epoll_wait_common(epfd, out, max, timeout, mask); }
