@@ -639,11 +639,13 @@ int pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *t,
  * A stack socket cannot be put in the kernel's epoll set as itself (its eventfd's readiness is not
  * the socket's). An epoll instance keeps its stack sockets in a list of ours; epoll_wait reports
  * them from sko_poll and the kernel's part from the real epoll, and sleeps in sko_poll on both
- * (the epoll descriptor itself is pollable). Level-triggered, EPOLLET (reported when a wanted bit
- * appears that was not reported last time) and EPOLLONESHOT (disarmed until EPOLL_CTL_MOD).
+ * (the epoll descriptor itself is pollable). Level-triggered, EPOLLET and EPOLLONESHOT (disarmed
+ * until EPOLL_CTL_MOD). An edge is a wanted bit that was not there at the last look, or more bytes
+ * to read than then (FIONREAD): new data on a stream that was readable already is an edge, as in
+ * the kernel; a datagram behind another one is not seen as one (FIONREAD is the first's size).
  */
 
-struct watched { int fd; int socket; uint32_t events; epoll_data_t data; short last; int armed; };
+struct watched { int fd; int socket; uint32_t events; epoll_data_t data; short last; int armed; int readable; };
 struct epoll_set { int epfd; int count, capacity; struct watched *items; struct epoll_set *next; pthread_mutex_t lock; };
 static struct epoll_set *epoll_sets;
 static pthread_mutex_t epoll_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -761,8 +763,12 @@ static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int tim
             short re = p[i].revents;
             if (w->events & EPOLLET) {
                 short fresh = (short)(re & ~w->last);
+                int readable = 0;
+                if (re & POLLIN) SKO(sko_ioctl, w->socket, FIONREAD, &readable);
+                int more = readable > w->readable;
                 w->last = re;
-                if (!(fresh & (poll_events(w->events) | POLLERR | POLLHUP))) continue;
+                w->readable = readable;
+                if (!(fresh & (poll_events(w->events) | POLLERR | POLLHUP)) && !(more && (w->events & EPOLLIN))) continue;
             } else if (!re) {
                 continue;
             }

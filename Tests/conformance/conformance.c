@@ -334,6 +334,7 @@ struct run {
 
 struct job {
     const struct scenario *s;
+    int index;  /* in the table of every scenario and family (the order --list prints) */
     int family;
     char name[96];
     struct run run[2]; /* kernel, stack */
@@ -342,6 +343,25 @@ struct job {
 static const char *server_path;
 static int transport;
 static int child_timeout_s = 20;
+/* --preload LIB: the stack's side runs libc's calls in a program started with LD_PRELOAD=LIB
+ * (the preload library's path to the stack) instead of sko_* calls. */
+static const char *preload_library;
+
+/* Runs one scenario in this process and exits: the child side of every run. */
+static void run_scenario(const struct job *j, int which, unsigned short base, int fd) {
+    record_fd = fd;
+    signal(SIGPIPE, SIG_IGN);
+    alarm((unsigned)child_timeout_s);
+    struct ctx x = {.c = which == 0 || preload_library ? &kernel_calls : &stack_calls, .family = j->family};
+    for (int i = 0; i < 8; i++) x.port[i] = (unsigned short)(base + i);
+    if (which == 1 && !preload_library && sko_configure(server_path, transport) < 0) {
+        rec_note("configure", "-1 %s", errname(errno));
+        _exit(3);
+    }
+    j->s->fn(&x);
+    rec_note("end", "ok");
+    _exit(0);
+}
 
 static void run_child(struct job *j, int which, unsigned short base) {
     struct run *r = &j->run[which];
@@ -352,18 +372,22 @@ static void run_child(struct job *j, int which, unsigned short base) {
     pid_t pid = fork();
     if (pid < 0) { perror("fork"); exit(2); }
     if (pid == 0) {
-        record_fd = r->out;
-        signal(SIGPIPE, SIG_IGN);
-        alarm((unsigned)child_timeout_s);
-        struct ctx x = {.c = which == 0 ? &kernel_calls : &stack_calls, .family = j->family};
-        for (int i = 0; i < 8; i++) x.port[i] = (unsigned short)(base + i);
-        if (which == 1 && sko_configure(server_path, transport) < 0) {
-            rec_note("configure", "-1 %s", errname(errno));
-            _exit(3);
+        if (which == 1 && preload_library) {
+            /* A new program, so that the loader preloads the library into it. */
+            char index[16], family[16], port[16], fd[16], timeout[16];
+            snprintf(index, sizeof index, "%d", j->index);
+            snprintf(family, sizeof family, "%d", j->family);
+            snprintf(port, sizeof port, "%u", base);
+            snprintf(fd, sizeof fd, "%d", r->out);
+            snprintf(timeout, sizeof timeout, "%d", child_timeout_s);
+            fcntl(r->out, F_SETFD, 0);
+            setenv("LD_PRELOAD", preload_library, 1);
+            setenv("SOCKET_SERVER_PATH", server_path, 1);
+            char *argv[] = {"conformance", "--run-one", index, family, port, fd, timeout, NULL};
+            execv("/proc/self/exe", argv);
+            _exit(4);
         }
-        j->s->fn(&x);
-        rec_note("end", "ok");
-        _exit(0);
+        run_scenario(j, which, base, r->out);
     }
     r->pid = pid;
 }
@@ -457,13 +481,15 @@ static void compare(struct job *j) {
 
 static void usage(void) {
     fprintf(stderr, "usage: conformance --server PATH [--transport auto|process-vm|shared-memory] "
-                    "[--only PATTERN] [--jobs N] [--port-base N] [--list] [--verbose]\n");
+                    "[--only PATTERN] [--jobs N] [--port-base N] [--preload LIBRARY] [--list] [--verbose]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *only = NULL;
     int jobs = 4, list = 0;
+    int run_index = -1, run_family = 0, run_fd = -1;
+    unsigned run_base = 0;
     unsigned port_base = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--server") && i + 1 < argc) server_path = argv[++i];
@@ -476,30 +502,51 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--port-base") && i + 1 < argc) port_base = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) child_timeout_s = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--list")) list = 1;
+        else if (!strcmp(argv[i], "--preload") && i + 1 < argc) preload_library = argv[++i];
+        else if (!strcmp(argv[i], "--run-one") && i + 5 < argc) {
+            run_index = atoi(argv[i + 1]);
+            run_family = atoi(argv[i + 2]);
+            run_base = (unsigned)atoi(argv[i + 3]);
+            run_fd = atoi(argv[i + 4]);
+            child_timeout_s = atoi(argv[i + 5]);
+            i += 5;
+        }
         else if (!strcmp(argv[i], "--verbose")) verbose = 1;
         else usage();
     }
-    if (!server_path && !list) usage();
+    if (!server_path && !list && run_index < 0) usage();
     if (jobs < 1) jobs = 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     /* Every scenario once per family it runs in. */
-    const struct scenario *tables[] = {tcp_scenarios, udp_scenarios, misc_scenarios};
+    const struct scenario *tables[] = {tcp_scenarios, udp_scenarios, misc_scenarios, preload_scenarios};
     size_t count = 0, cap = 64;
+    int index = 0;
     struct job *all = calloc(cap, sizeof *all);
-    for (size_t t = 0; t < 3; t++)
+    for (size_t t = 0; t < 4; t++)
         for (const struct scenario *s = tables[t]; s->name; s++)
             for (int f = 0; f < 2; f++) {
                 if (!(s->families & (f == 0 ? FAM_V4 : FAM_V6))) continue;
+                if ((s->families & PRELOAD_ONLY) && !preload_library && run_index < 0) continue;
                 if (count == cap) all = realloc(all, (cap *= 2) * sizeof *all);
                 struct job *j = &all[count];
                 memset(j, 0, sizeof *j);
                 j->s = s;
+                j->index = index++;
                 j->family = f == 0 ? AF_INET : AF_INET6;
                 snprintf(j->name, sizeof j->name, "%s/%s", s->name, f == 0 ? "v4" : "v6");
                 if (only && !strstr(j->name, only)) continue;
                 count++;
             }
+    if (run_index >= 0) {
+        /* The preloaded side of one run (see run_child). */
+        for (size_t i = 0; i < count; i++)
+            if (all[i].index == run_index && all[i].family == run_family) {
+                preload_library = "(this process)";
+                run_scenario(&all[i], 1, (unsigned short)run_base, run_fd);
+            }
+        return 5;
+    }
     if (list) {
         for (size_t i = 0; i < count; i++) printf("%s\n", all[i].name);
         return 0;

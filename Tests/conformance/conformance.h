@@ -61,11 +61,13 @@ struct scenario {
 #define FAM_V4 1
 #define FAM_V6 2
 #define FAM_BOTH 3
+#define PRELOAD_ONLY 4 /* runs only with --preload (select, epoll, dup: calls only libc has) */
 
 /* The scenario tables (one per file), each ended by a {0} entry. */
 extern const struct scenario tcp_scenarios[];
 extern const struct scenario udp_scenarios[];
 extern const struct scenario misc_scenarios[];
+extern const struct scenario preload_scenarios[];
 
 /* A difference the suite accepts, with its reason (documented.c). `scenario` and `label` are
  * fnmatch(3) patterns ("tcp_x/v*" covers both families); `label` NULL covers every call of the

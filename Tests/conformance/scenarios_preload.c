@@ -1,0 +1,187 @@
+/* scenarios_preload.c — readiness through select and epoll, which a program reaches through libc:
+ * these run only with --preload (libc's calls on both sides: the kernel's, and the preload
+ * library's path to the stack). */
+#define _GNU_SOURCE
+#include "conformance.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <unistd.h>
+
+/* epoll_wait, recorded with the events sorted by tag (the order of a ready list is not part of
+ * what the kernel promises). */
+static void rec_epoll(struct ctx *x, const char *label, int ep, int timeout) {
+    struct epoll_event ev[8];
+    errno = 0;
+    int n = epoll_wait(ep, ev, 8, timeout);
+    if (n < 0) { rec_rc(label, -1, errno); return; }
+    for (int i = 1; i < n; i++)
+        for (int k = i; k > 0 && ev[k - 1].data.u32 > ev[k].data.u32; k--) {
+            struct epoll_event t = ev[k];
+            ev[k] = ev[k - 1];
+            ev[k - 1] = t;
+        }
+    char text[256];
+    size_t used = (size_t)snprintf(text, sizeof text, "%d", n);
+    for (int i = 0; i < n && used < sizeof text; i++)
+        used += (size_t)snprintf(text + used, sizeof text - used, " [%u]=0x%x", (unsigned)ev[i].data.u32, (unsigned)ev[i].events);
+    rec_note(label, "%s", text);
+}
+
+static void rec_select(struct ctx *x, const char *label, int nfds, int *fds, int count, int want_write, int timeout_ms) {
+    fd_set r, w;
+    FD_ZERO(&r);
+    FD_ZERO(&w);
+    for (int i = 0; i < count; i++) {
+        FD_SET(fds[i], &r);
+        if (want_write) FD_SET(fds[i], &w);
+    }
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    errno = 0;
+    int n = select(nfds, &r, want_write ? &w : NULL, NULL, &tv);
+    if (n < 0) { rec_rc(label, -1, errno); return; }
+    char text[128];
+    size_t used = (size_t)snprintf(text, sizeof text, "%d", n);
+    for (int i = 0; i < count; i++)
+        used += (size_t)snprintf(text + used, sizeof text - used, " [%d]%s%s", i, FD_ISSET(fds[i], &r) ? "r" : "", want_write && FD_ISSET(fds[i], &w) ? "w" : "");
+    rec_note(label, "%s", text);
+}
+
+static void select_tcp(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    int p[2];
+    RC("pipe", pipe(p));
+    int fds[3] = {s, p[0], c};
+    int nfds = 1 + (s > p[0] ? (s > c ? s : c) : (p[0] > c ? p[0] : c));
+    rec_select(x, "idle, read and write", nfds, fds, 3, 1, 0);
+    rec_select(x, "idle, read, 100 ms", nfds, fds, 3, 0, 100);
+    RC("send", x->c->send(c, "abc", 3, 0));
+    RC("pipe write", write(p[1], "p", 1));
+    wait_mask(x, "server has data", s, POLLIN, POLLIN, 2000);
+    rec_select(x, "data and pipe", nfds, fds, 3, 0, 1000);
+    RC("recv", x->c->recv(s, (char[8]){0}, 8, 0));
+    RC("client SHUT_WR", x->c->shutdown(c, SHUT_WR));
+    wait_mask(x, "server sees FIN", s, POLLIN, POLLIN | POLLRDHUP, 2000);
+    rec_select(x, "EOF is readable", nfds, fds, 3, 0, 1000);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+    close(p[0]);
+    close(p[1]);
+}
+
+static int epoll_add(struct ctx *x, const char *label, int ep, int fd, uint32_t events, uint32_t tag) {
+    struct epoll_event ev = {.events = events, .data.u32 = tag};
+    return (int)RC(label, epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev));
+}
+
+static void epoll_level(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    int ep = FD("epoll_create1", epoll_create1(EPOLL_CLOEXEC));
+    epoll_add(x, "add server IN|RDHUP", ep, s, EPOLLIN | EPOLLRDHUP, 1);
+    epoll_add(x, "add listener IN", ep, l, EPOLLIN, 2);
+    epoll_add(x, "add server again", ep, s, EPOLLIN, 1);
+    rec_epoll(x, "idle", ep, 50);
+    RC("send", x->c->send(c, "abc", 3, 0));
+    rec_epoll(x, "data", ep, 2000);
+    rec_epoll(x, "data, level-triggered again", ep, 0);
+    RC("recv", x->c->recv(s, (char[8]){0}, 8, 0));
+    rec_epoll(x, "drained", ep, 50);
+    int c2 = FD("second client", x->c->socket(x->family, SOCK_STREAM, 0));
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(x, 0, x->port[0], &ss);
+    RC("connect", x->c->connect(c2, (void *)&ss, len));
+    rec_epoll(x, "listener has a connection", ep, 2000);
+    RC("client closes", x->c->close(c));
+    wait_mask(x, "server sees FIN", s, POLLIN | POLLRDHUP, POLLRDHUP, 2000);
+    rec_epoll(x, "EOF", ep, 2000);
+    struct epoll_event mod = {.events = EPOLLOUT, .data.u32 = 3};
+    RC("mod to OUT", epoll_ctl(ep, EPOLL_CTL_MOD, s, &mod));
+    RC("del listener", epoll_ctl(ep, EPOLL_CTL_DEL, l, NULL));
+    RC("del listener again", epoll_ctl(ep, EPOLL_CTL_DEL, l, NULL));
+    rec_epoll(x, "after mod", ep, 100);
+    close(ep);
+    x->c->close(c2);
+    x->c->close(s);
+    x->c->close(l);
+}
+
+static void epoll_edge_oneshot(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    int ep = FD("epoll_create1", epoll_create1(0));
+    epoll_add(x, "add server IN|ET", ep, s, EPOLLIN | EPOLLET, 1);
+    epoll_add(x, "add client IN|ONESHOT", ep, c, EPOLLIN | EPOLLONESHOT, 2);
+    RC("send to server", x->c->send(c, "abc", 3, 0));
+    RC("send to client", x->c->send(s, "xyz", 3, 0));
+    wait_mask(x, "client has data", c, POLLIN, POLLIN, 2000);
+    wait_mask(x, "server has data", s, POLLIN, POLLIN, 2000);
+    rec_epoll(x, "both", ep, 2000);
+    rec_epoll(x, "nothing new", ep, 100);
+    RC("more to server", x->c->send(c, "d", 1, 0));
+    rec_epoll(x, "new data: the edge again", ep, 2000);
+    struct epoll_event rearm = {.events = EPOLLIN | EPOLLONESHOT, .data.u32 = 2};
+    RC("rearm client", epoll_ctl(ep, EPOLL_CTL_MOD, c, &rearm));
+    rec_epoll(x, "rearmed: client again", ep, 2000);
+    close(ep);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+}
+
+static void epoll_udp_and_pipe(struct ctx *x) {
+    int a = udp_bound(x, 0);
+    int b = udp_bound(x, 1);
+    int p[2];
+    RC("pipe", pipe(p));
+    int ep = FD("epoll_create1", epoll_create1(0));
+    epoll_add(x, "add udp", ep, a, EPOLLIN, 1);
+    epoll_add(x, "add pipe", ep, p[0], EPOLLIN, 2);
+    rec_epoll(x, "idle", ep, 50);
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(x, 0, x->port[0], &ss);
+    RC("sendto", x->c->sendto(b, "dgram", 5, 0, (void *)&ss, len));
+    rec_epoll(x, "datagram", ep, 2000);
+    RC("recv", x->c->recv(a, (char[8]){0}, 8, 0));
+    RC("pipe write", write(p[1], "p", 1));
+    rec_epoll(x, "pipe", ep, 2000);
+    close(ep);
+    close(p[0]);
+    close(p[1]);
+    x->c->close(a);
+    x->c->close(b);
+}
+
+static void dup_and_close(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    int d = FD("dup", dup(c));
+    RC("close the original", x->c->close(c));
+    RC("send through the dup", x->c->send(d, "dup", 3, 0));
+    wait_mask(x, "server mask", s, POLLIN, POLLIN, 2000);
+    RC("recv", x->c->recv(s, (char[8]){0}, 8, 0));
+    poll_mask(x, "server not at EOF while the dup is open", s, POLLIN | POLLRDHUP, 100);
+    RC("close the dup", x->c->close(d));
+    wait_mask(x, "server sees FIN", s, POLLIN | POLLRDHUP, POLLRDHUP, 2000);
+    RC("recv EOF", x->c->recv(s, (char[8]){0}, 8, 0));
+    int e = FD("fcntl F_DUPFD", x->c->fcntl(s, F_DUPFD, 100));
+    rec_note("F_DUPFD at or above 100", "%d", e >= 100);
+    RC("close it", x->c->close(e));
+    RC("send on the server", x->c->send(s, "x", 1, 0));
+    x->c->close(s);
+    x->c->close(l);
+}
+
+const struct scenario preload_scenarios[] = {
+    {"preload_select_tcp", select_tcp, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_epoll_level", epoll_level, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_epoll_edge_oneshot", epoll_edge_oneshot, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_epoll_udp_and_pipe", epoll_udp_and_pipe, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_dup_and_close", dup_and_close, FAM_BOTH | PRELOAD_ONLY},
+    {0, 0, 0},
+};
