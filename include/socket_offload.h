@@ -30,6 +30,9 @@ extern "C" {
 /* transport: 0 auto, 1 process-vm, 2 shared-memory. path NULL: the default. Before the first socket. */
 int sko_configure(const char *path, int transport);
 
+/* In a child after fork: forget the parent's sockets and session (call from the child only). */
+void sko_forget_after_fork(void);
+
 /* The server path this process uses, into buf (NUL-terminated, truncated); returns its length. */
 size_t sko_server_path(char *buf, size_t size);
 

@@ -257,6 +257,18 @@ public final class ServerConnection: Sendable {
 
     func markDead() { dead.store(true, ordering: .releasing) }
 
+    /// In a child after fork: this copy of the connection is the parent's session. It is marked dead
+    /// and our copy of the control socket is replaced by /dev/null (the number stays valid for
+    /// `deinit`), so the child says nothing on the parent's session and does not keep it open.
+    func abandonAfterFork() {
+        markDead()
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        if null >= 0 {
+            _ = dup2(null, controlFD)
+            close(null)
+        }
+    }
+
     /// Sends a request and waits for its reply.
     /// - Returns: the reply and the descriptors that came with it (the caller owns them).
     /// - Throws: ENETDOWN when the server is gone, EPROTO on a malformed reply.

@@ -17,6 +17,18 @@ final class ClientState: Sendable {
     private let connectionState = Mutex<(path: String?, transport: DatagramTransport, connection: ServerConnection?)>((nil, .auto, nil))
     private let sockets = Mutex<[Int32: ClientSocket]>([:])
 
+    /// In a child after fork: the connection and the sockets are the parent's; forget them without a
+    /// word to the server. The next socket makes a session of this process's own.
+    func forgetAfterFork() {
+        let old = connectionState.withLock { state -> ServerConnection? in
+            let c = state.connection
+            state.connection = nil
+            return c
+        }
+        old?.abandonAfterFork()
+        sockets.withLock { $0.removeAll() }
+    }
+
     /// The path given to sko_configure, if any.
     var configuredPath: String? { connectionState.withLock { $0.path } }
 
@@ -164,6 +176,14 @@ public func sko_server_path(_ buffer: UnsafeMutablePointer<CChar>?, _ size: Int)
         buffer[n] = 0
     }
     return bytes.count
+}
+
+/// Called in a child after fork (the preload library does, from pthread_atfork): the sockets this
+/// process inherited belong to its parent's session; the child forgets them (the parent keeps them
+/// working) and its next socket connects to the server as a client of its own.
+@_cdecl("sko_forget_after_fork")
+public func sko_forget_after_fork() {
+    ClientState.shared.forgetAfterFork()
 }
 
 /// Creates a socket in the stack. The corresponding C function is `socket`.

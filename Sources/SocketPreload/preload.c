@@ -113,7 +113,8 @@ REAL_FUNCTIONS(DECLARE)
     X(sko_shutdown, int, (int, int)) \
     X(sko_poll, int, (struct pollfd *, unsigned long, int)) \
     X(sko_close, int, (int)) \
-    X(sko_server_path, size_t, (char *, size_t))
+    X(sko_server_path, size_t, (char *, size_t)) \
+    X(sko_forget_after_fork, void, (void))
 
 #define DECLARE_SKO(name, ret, args) static ret(*name##_p) args;
 SKO_FUNCTIONS(DECLARE_SKO)
@@ -184,7 +185,13 @@ static inline int from_library(void *caller) {
 
 /* ---------------------------------------------------------------- the descriptor table */
 
-enum { NOT_OURS = 0, SOCKET = 1, ALIAS = 2, EPOLL_SET = 3 /* an epoll instance watching ours */ };
+enum {
+    NOT_OURS = 0,
+    SOCKET = 1,
+    ALIAS = 2,
+    EPOLL_SET = 3, /* an epoll instance watching ours */
+    INHERITED = 4, /* in a child after fork: a descriptor of the parent's stack socket */
+};
 static _Atomic uint8_t *kinds;   /* per descriptor */
 static int *targets;             /* per descriptor: the socket's own descriptor (for an alias) */
 static _Atomic int *references;  /* per socket descriptor: how many descriptors stand for it */
@@ -208,10 +215,39 @@ static void table_init(void) {
     kinds = a;
 }
 
+struct epoll_set;
+static struct epoll_set *epoll_sets; /* epoll instances watching stack sockets (see epoll below) */
+
+/* In a child after fork: the stack sockets it inherited are its parent's. Their descriptors become
+ * INHERITED: closing one closes the child's copy only (never the parent's socket); any other call
+ * on one fails with EBADF and a one-line note (a pre-fork server's children cannot share a listener
+ * yet). The child's next stack socket is a session of its own. */
+static void after_fork_in_child(void) {
+    if (!kinds) return;
+    int any = 0;
+    for (int fd = 0; fd < table_size; fd++) {
+        int k = atomic_load_explicit(&kinds[fd], memory_order_relaxed);
+        if (k == SOCKET || k == ALIAS) {
+            atomic_store_explicit(&kinds[fd], INHERITED, memory_order_relaxed);
+            references[fd] = 0;
+            any = 1;
+        } else if (k == EPOLL_SET) {
+            atomic_store_explicit(&kinds[fd], NOT_OURS, memory_order_relaxed);
+        }
+    }
+    epoll_sets = NULL; /* (the parent's; their memory stays with this copy of the heap) */
+    if (any && sko_forget_after_fork_p) {
+        depth++;
+        sko_forget_after_fork_p();
+        depth--;
+    }
+}
+
 __attribute__((constructor)) static void preload_init(void) {
 #define RESOLVE(name, ret, args) REAL(name);
     REAL_FUNCTIONS(RESOLVE)
     table_init();
+    pthread_atfork(NULL, NULL, after_fork_in_child);
 }
 
 static inline int kind_of(int fd) {
@@ -223,7 +259,7 @@ static inline int kind_of(int fd) {
 /* The socket behind `fd` (the sko descriptor), or -1 when fd is not ours. */
 static inline int socket_of(int fd, void *caller) {
     int k = kind_of(fd);
-    if (k == NOT_OURS || k == EPOLL_SET || from_library(caller)) return -1;
+    if (k == NOT_OURS || k == EPOLL_SET || k == INHERITED || from_library(caller)) return -1;
     return k == SOCKET ? fd : targets[fd];
 }
 
@@ -306,9 +342,21 @@ int socketpair(int domain, int type, int protocol, int sv[2]) {
 
 #define ON_SOCKET(fd, call, fallback) do { \
         int s_ = socket_of(fd, __builtin_return_address(0)); \
-        if (s_ < 0) return fallback; \
+        if (s_ < 0) { \
+            if (kind_of(fd) == INHERITED) return inherited_call(); \
+            return fallback; \
+        } \
         return call; \
     } while (0)
+
+/* A call on a stack socket inherited across fork (see after_fork_in_child). */
+static int inherited_call(void) {
+    static atomic_int said;
+    if (!atomic_exchange(&said, 1))
+        fprintf(stderr, "socket-offload: a forked child cannot use the stack sockets it inherited (EBADF)\n");
+    errno = EBADF;
+    return -1;
+}
 
 int bind(int fd, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, SKO(sko_bind, s_, a, l), REAL(bind)(fd, a, l)); }
 int listen(int fd, int b) { ON_SOCKET(fd, SKO(sko_listen, s_, b), REAL(listen)(fd, b)); }
@@ -427,7 +475,10 @@ static void forget_epoll_set(int epfd);
 int close(int fd) {
     int s = socket_of(fd, __builtin_return_address(0));
     if (s >= 0) return release(fd, s);
-    if (kind_of(fd) == EPOLL_SET) forget_epoll_set(fd);
+    int k = kind_of(fd);
+    if (k == EPOLL_SET) forget_epoll_set(fd);
+    /* A child closing what it inherited closes its own copy only: the parent's socket lives on. */
+    if (k == INHERITED) atomic_store_explicit(&kinds[fd], NOT_OURS, memory_order_relaxed);
     return REAL(close)(fd);
 }
 
@@ -439,6 +490,7 @@ int close_range(unsigned int first, unsigned int last, int flags) {
             int k = kind_of((int)fd);
             if (k == SOCKET || k == ALIAS) close((int)fd);
             else if (k == EPOLL_SET) forget_epoll_set((int)fd);
+            else if (k == INHERITED) atomic_store_explicit(&kinds[fd], NOT_OURS, memory_order_relaxed);
             if (fd == UINT_MAX) break;
         }
     }
@@ -647,7 +699,6 @@ int pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *t,
 
 struct watched { int fd; int socket; uint32_t events; epoll_data_t data; short last; int armed; int readable; };
 struct epoll_set { int epfd; int count, capacity; struct watched *items; struct epoll_set *next; pthread_mutex_t lock; };
-static struct epoll_set *epoll_sets;
 static pthread_mutex_t epoll_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void forget_epoll_set(int epfd) {
