@@ -211,20 +211,25 @@ class ClientSocket: @unchecked Sendable {
     /// - Returns: the eventfd events to sleep on; nil when the descriptor cannot signal new data
     ///   (the block holds it saturated): the caller then polls briefly instead.
     func prepareToSleep(readiness: Int16, wants: Int16) -> Int16? {
+        var roomNow = false
         eventLock.withLock {
             let readable = readiness & Int16(POLLIN) != 0
             if wants & Int16(POLLOUT) != 0 && readiness & Int16(POLLOUT) == 0 && waitsForRoomWithGate && !gate.isBlocked {
                 gate.block()
                 counterMayHoldCount = true
-                // Room may have appeared before the stack could see the block: then undo it.
-                if self.readiness() & Int16(POLLOUT) != 0 { gate.release() }
+                // Room may have appeared before the stack could see the block: then undo it, and
+                // do not sleep (nothing would signal that room: the caller looks again at once).
+                if self.readiness() & Int16(POLLOUT) != 0 {
+                    gate.release()
+                    roomNow = true
+                }
             }
             if !readable && !gate.isBlocked && (toApp.isPending || counterMayHoldCount) {
                 toApp.acknowledge()
                 counterMayHoldCount = false
             }
         }
-        return gate.isBlocked ? nil : Int16(POLLIN)
+        return gate.isBlocked || roomNow ? nil : Int16(POLLIN)
     }
 
     /// Called after a successful connect request (datagram sockets remember their peer locally).

@@ -342,7 +342,8 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
     /// Readiness as Linux's tcp_poll computes it: POLLHUP once both directions are shut (or the
     /// socket is in CLOSE), POLLIN|POLLRDHUP once the read side is (the peer's FIN or our SHUT_RD),
     /// POLLERR while an error waits to be taken, POLLOUT while a third of the send ring is free
-    /// (sk_stream_is_writeable's hysteresis), and RDNORM/WRNORM alongside IN/OUT.
+    /// (Linux's sk_stream_is_writeable; the server releases the writability gate by the same rule),
+    /// and RDNORM/WRNORM alongside IN/OUT.
     override func readiness() -> Int16 {
         if connection.isDead { return super.readiness() }
         let events = view.events

@@ -355,7 +355,10 @@ final class TCPSocket: ServerSocket {
             }
             if wrote > 0 {
                 tcp_output(pcb)
-                gate.release()
+                // Room for the app once a third of the ring is free (Linux's sk_stream_is_writeable:
+                // a writer woken for a few bytes would write a few bytes at a time); the client's
+                // readiness uses the same rule.
+                if try 3 * (Int(tx.geometry.capacity) - tx.available()) >= Int(tx.geometry.capacity) { gate.release() }
             }
             if try tx.available() == 0 {
                 if writeShutdownRequested && !finSent {
