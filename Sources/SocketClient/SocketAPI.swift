@@ -274,7 +274,8 @@ public func sko_sendto(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int, _ flag
     onSocket(fd) { s throws(Errno) -> Int in
         guard buf != nil || len == 0 else { throw Errno(EFAULT) }
         try (s as? DatagramSocket)?.autobind() // before the address is looked at, as Linux
-        let to: SocketAddress? = addr == nil ? nil : try address(addr, alen, for: s, sending: true)
+        // A stream socket ignores the address (Linux's tcp_sendmsg: it sends to its peer).
+        let to: SocketAddress? = addr == nil || s is StreamSocket ? nil : try address(addr, alen, for: s, sending: true)
         return try s.send([UnsafeRawBufferPointer(start: buf, count: len)], to: to, flags: flags)
     }
 }
@@ -291,7 +292,7 @@ public func sko_sendmsg(_ fd: Int32, _ msg: UnsafePointer<msghdr>?, _ flags: Int
     onSocket(fd) { s throws(Errno) -> Int in
         guard let msg = msg?.pointee else { throw Errno(EFAULT) }
         try (s as? DatagramSocket)?.autobind() // before the address is looked at, as Linux
-        let to: SocketAddress? = msg.msg_name == nil ? nil : try address(msg.msg_name.assumingMemoryBound(to: sockaddr.self), msg.msg_namelen, for: s, sending: true)
+        let to: SocketAddress? = msg.msg_name == nil || s is StreamSocket ? nil : try address(msg.msg_name.assumingMemoryBound(to: sockaddr.self), msg.msg_namelen, for: s, sending: true)
         let iov = UnsafeBufferPointer(start: msg.msg_iov, count: Int(msg.msg_iovlen))
         return try s.send(iov.map { UnsafeRawBufferPointer(start: $0.iov_base, count: $0.iov_len) }, to: to, flags: flags)
     }
@@ -306,6 +307,8 @@ public func sko_recvfrom(_ fd: Int32, _ buf: UnsafeMutableRawPointer?, _ len: In
         guard buf != nil || len == 0 else { throw Errno(EFAULT) }
         let r = try s.receive([UnsafeMutableRawBufferPointer(start: buf, count: len)], flags: flags)
         store(r.from, addr, alen)
+        // No source (a TCP socket's data): Linux reports an address length of 0.
+        if r.from == nil, addr != nil, let alen { alen.pointee = 0 }
         return flags & Int32(MSG_TRUNC) != 0 ? r.full : r.count
     }
 }

@@ -491,6 +491,23 @@ static void waitall_short_by_eof(struct ctx *x) {
     x->c->close(l);
 }
 
+static void addresses_on_a_connection(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    struct sockaddr_storage junk;
+    memset(&junk, 0x5a, sizeof junk);
+    ((struct sockaddr *)&junk)->sa_family = (sa_family_t)(x->family == AF_INET ? AF_INET6 : AF_INET);
+    RC("sendto with an address on a connection (ignored)", x->c->sendto(c, "abc", 3, 0, (void *)&junk, sizeof junk));
+    wait_mask(x, "server mask", s, POLLIN, POLLIN, 2000);
+    struct sockaddr_storage from;
+    socklen_t flen = sizeof from;
+    RC("recvfrom with an address buffer", x->c->recvfrom(s, (char[8]){0}, 8, 0, (void *)&from, &flen));
+    rec_note("address length reported", "%u", (unsigned)flen);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+}
+
 static void iovecs(struct ctx *x) {
     int l, c, s;
     tcp_pair(x, &l, &c, &s);
@@ -988,6 +1005,7 @@ const struct scenario tcp_scenarios[] = {
     {"tcp_waitall", waitall, FAM_BOTH},
     {"tcp_waitall_short_by_eof", waitall_short_by_eof, FAM_BOTH},
     {"tcp_iovecs", iovecs, FAM_BOTH},
+    {"tcp_addresses_on_a_connection", addresses_on_a_connection, FAM_BOTH},
     {"tcp_bulk", bulk, FAM_BOTH},
     {"tcp_nonblocking_full", nonblocking_full, FAM_BOTH},
     {"tcp_rcvtimeo", rcvtimeo, FAM_BOTH},
