@@ -358,6 +358,9 @@ static int inherited_call(void) {
     return -1;
 }
 
+/* The calls that do not go through ON_SOCKET check for an inherited descriptor themselves. */
+#define REFUSE_INHERITED(fd) do { if (kind_of(fd) == INHERITED) return inherited_call(); } while (0)
+
 int bind(int fd, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, SKO(sko_bind, s_, a, l), REAL(bind)(fd, a, l)); }
 int listen(int fd, int b) { ON_SOCKET(fd, SKO(sko_listen, s_, b), REAL(listen)(fd, b)); }
 int connect(int fd, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, SKO(sko_connect, s_, a, l), REAL(connect)(fd, a, l)); }
@@ -368,6 +371,7 @@ int getsockopt(int fd, int lv, int n, void *v, socklen_t *l) { ON_SOCKET(fd, SKO
 int setsockopt(int fd, int lv, int n, const void *v, socklen_t l) { ON_SOCKET(fd, SKO(sko_setsockopt, s_, lv, n, v, l), REAL(setsockopt)(fd, lv, n, v, l)); }
 
 static int accept_common(int fd, struct sockaddr *a, socklen_t *l, int flags, void *caller) {
+    REFUSE_INHERITED(fd);
     int s = socket_of(fd, caller);
     if (s < 0) return REAL(accept4)(fd, a, l, flags);
     int c = SKO(sko_accept4, s, a, l, flags);
@@ -375,7 +379,7 @@ static int accept_common(int fd, struct sockaddr *a, socklen_t *l, int flags, vo
     return c;
 }
 int accept(int fd, struct sockaddr *a, socklen_t *l) {
-    if (kind_of(fd) == NOT_OURS) return REAL(accept)(fd, a, l);
+    if (kind_of(fd) == NOT_OURS) return REAL(accept)(fd, a, l); /* the common case: one lookup */
     return accept_common(fd, a, l, 0, __builtin_return_address(0));
 }
 int accept4(int fd, struct sockaddr *a, socklen_t *l, int flags) { return accept_common(fd, a, l, flags, __builtin_return_address(0)); }
@@ -400,6 +404,7 @@ ssize_t __recvfrom_chk(int fd, void *b, size_t n, size_t size, int f, struct soc
 }
 
 ssize_t readv(int fd, const struct iovec *v, int n) {
+    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(readv)(fd, v, n);
     struct msghdr m = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
@@ -407,6 +412,7 @@ ssize_t readv(int fd, const struct iovec *v, int n) {
 }
 
 ssize_t writev(int fd, const struct iovec *v, int n) {
+    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(writev)(fd, v, n);
     struct msghdr m = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
@@ -414,6 +420,7 @@ ssize_t writev(int fd, const struct iovec *v, int n) {
 }
 
 int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int f) {
+    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(sendmmsg)(fd, v, n, f);
     unsigned int i = 0;
@@ -426,6 +433,7 @@ int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int f) {
 }
 
 int recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int f, struct timespec *t) {
+    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(recvmmsg)(fd, v, n, f, t);
     unsigned int i = 0;
@@ -503,6 +511,7 @@ static int alias(int s, int newfd) {
 }
 
 int dup(int fd) {
+    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     int n = REAL(dup)(fd);
     return (s < 0 || n < 0) ? n : alias(s, n);
