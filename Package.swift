@@ -182,5 +182,11 @@ let package = Package(
             name: "ConformanceTests",
             dependencies: ["TestSupport"]
         ),
+        // Unmodified Debian programs (nc, socat, python3's http.server, curl) on the stack through
+        // socket-offload-run and the preload library, against a real server: bytes checked end to end.
+        .testTarget(
+            name: "PreloadTests",
+            dependencies: ["TestSupport"]
+        ),
     ]
 )
