@@ -561,6 +561,12 @@ public func sko_poll(_ fds: UnsafeMutablePointer<pollfd>?, _ nfds: UInt, _ timeo
                     canSleepOnEventfds = false
                 }
             }
+            // prepareToSleep took in the wake-ups that were pending: what arrived between our look
+            // at the channels and that acknowledgement signalled nothing new, so look once more
+            // before sleeping (anything after this look signals the eventfd again).
+            if entries.indices.contains(where: { i in
+                sockets[i].map { $0.readiness() & (entries[i].events | Int16(POLLHUP | POLLERR)) != 0 } ?? false
+            }) { continue }
             var wait: Int32 = -1
             if let deadline {
                 let now = monotonicNanoseconds()

@@ -72,6 +72,10 @@ final class TCPSocket: ServerSocket {
     /// Largest listen backlog (Linux's default net.core.somaxconn).
     static let maximumBacklog: Int32 = 4096
 
+    /// Established connections a listener holds beyond its accept queue, unseen by `accept`, before
+    /// it refuses more (each holds a channel in the listener's segment, so the segment bounds it too).
+    static let maximumWaiting = 128
+
     /// How many connections `listen(backlog)` lets wait for `accept`: Linux caps the backlog at
     /// somaxconn (a negative one, compared unsigned, too) and refuses only past backlog + 1.
     static func acceptQueueLimit(_ backlog: Int32) -> Int {
@@ -498,8 +502,9 @@ final class TCPSocket: ServerSocket {
     func accepted(_ newpcb: UnsafeMutablePointer<tcp_pcb>) -> err_t {
         let connector = cstack_tcp_local_peer_arg(newpcb).map { Unmanaged<TCPSocket>.fromOpaque($0).takeUnretainedValue() }
         let queueFull = pendingConnections.count >= acceptQueueLimit
-        // Beyond the accept queue, as many again wait unseen; past that the connection is refused.
-        guard !queueFull || overflowConnections.count < acceptQueueLimit,
+        // Beyond the accept queue, up to `maximumWaiting` more wait unseen (Linux's clients retry
+        // their dropped SYNs); past that the connection is refused.
+        guard !queueFull || overflowConnections.count < Self.maximumWaiting,
               let socket = session.admitAcceptedConnection(newpcb, from: connector?.session, domain: domain,
                                                            port: pcb.map { cstack_tcp_local_port($0) } ?? 0)
         else {
