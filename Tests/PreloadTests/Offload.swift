@@ -18,7 +18,7 @@ final class Offload {
     static var launcher: String { TestBinaries.path("socket-offload-run") }
 
     /// The tools the tests run: a missing one is a failure (`scripts/setup.sh` installs them all).
-    static let requiredTools = ["nc", "socat", "curl", "ss", "sha256sum", "head"]
+    static let requiredTools = ["nc", "socat", "curl", "ss", "sha256sum", "head", "iperf3", "sockperf", "cc"]
 
     init(_ tag: String) throws {
         let missing = Self.requiredTools.filter { !Self.inPath($0) } + (access(Self.python, X_OK) == 0 ? [] : [Self.python])

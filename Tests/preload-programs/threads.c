@@ -63,6 +63,7 @@ static void *blocked_reader(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
+    alarm(30); /* never outlive a test that gave up on us */
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int l = socket(AF_INET, SOCK_STREAM, 0);
