@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: builds everything (release), starts socket-server with its embedded loopback network,
-# runs the UDP and TCP echo examples through it, prints their results, and stops the server.
+# runs the UDP and TCP echo examples through it and an unmodified nc pair under the preload library,
+# prints their results, and stops the server.
 # Exits non-zero if any echo lost or corrupted data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,22 @@ if [ -x "$bin/tcp-echo-server" ]; then
     printf '   %-10s ' "ping-pong"
     "$bin/tcp-echo-client" ::1 7008 --connections 1 --bytes 64K --ping-pong || status=1
 fi
+
+echo "== unmodified programs on the stack (socket-offload-run: nc to nc, 1 MiB)"
+work=$(mktemp -d)
+head -c 1048576 /dev/urandom > "$work/sent"
+"$bin/socket-offload-run" -- timeout 20 nc -n -l 127.0.0.1 7009 > "$work/received" &
+pids+=($!)
+sleep 0.5
+"$bin/socket-offload-run" -- timeout 20 nc -n -N 127.0.0.1 7009 < "$work/sent" || status=1
+wait "${pids[-1]}" || status=1
+if cmp -s "$work/sent" "$work/received"; then
+    printf '   %-10s bytes=%s same=yes\n' "nc" "$(stat -c %s "$work/received")"
+else
+    printf '   %-10s bytes=%s same=NO\n' "nc" "$(stat -c %s "$work/received")"
+    status=1
+fi
+rm -rf "$work"
 
 [ $status -eq 0 ] && echo "== demo passed" || echo "== demo FAILED"
 exit $status
