@@ -124,6 +124,7 @@ static int client_error;               /* errno of a failed load (then every sta
 static pthread_once_t client_once = PTHREAD_ONCE_INIT;
 static __thread int depth;             /* > 0 while this thread is inside an sko_* call */
 
+
 static int find_range(struct dl_phdr_info *info, size_t size, void *data) {
     (void)size;
     uintptr_t want = (uintptr_t)data;
@@ -358,6 +359,35 @@ static int inherited_call(void) {
     return -1;
 }
 
+/* Whether a socket call on stack socket `s` that a signal handler interrupted (EINTR) is to be
+ * restarted, as signal(7) says: when the handler was installed with SA_RESTART, unless the socket
+ * has a timeout for that direction (SO_RCVTIMEO / SO_SNDTIMEO). Which signal interrupted the call
+ * is not known here: the call restarts when every handler the program installed has SA_RESTART
+ * (glibc's signal() sets it; programs that want EINTR install theirs with sigaction without it). */
+static int restarts(int s, int receiving) {
+    struct timeval tv = {0, 0};
+    socklen_t len = sizeof tv;
+    if (SKO(sko_getsockopt, s, SOL_SOCKET, receiving ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) == 0 && (tv.tv_sec || tv.tv_usec)) return 0;
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+        if (sigaction(sig, NULL, &sa) != 0) continue;
+        /* The Swift runtime's own (its backtracer's crash handlers) are not the program's. */
+        Dl_info where;
+        if (dladdr((void *)sa.sa_sigaction, &where) && where.dli_fname && strstr(where.dli_fname, "libswift")) continue;
+        int handled = (sa.sa_flags & SA_SIGINFO) ? sa.sa_sigaction != NULL
+                                                  : (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN);
+        if (handled && !(sa.sa_flags & SA_RESTART)) return 0;
+    }
+    return 1;
+}
+
+/* A blocking socket call, restarted after EINTR as `restarts` says. */
+#define RESTARTING(s, receiving, call) ({ \
+        __typeof__(call) r_; \
+        while ((r_ = (call)) < 0 && errno == EINTR && restarts(s, receiving)) {} \
+        r_; \
+    })
+
 /* The calls that do not go through ON_SOCKET check for an inherited descriptor themselves. */
 #define REFUSE_INHERITED(fd) do { if (kind_of(fd) == INHERITED) return inherited_call(); } while (0)
 
@@ -374,7 +404,7 @@ static int accept_common(int fd, struct sockaddr *a, socklen_t *l, int flags, vo
     REFUSE_INHERITED(fd);
     int s = socket_of(fd, caller);
     if (s < 0) return REAL(accept4)(fd, a, l, flags);
-    int c = SKO(sko_accept4, s, a, l, flags);
+    int c = RESTARTING(s, 1, SKO(sko_accept4, s, a, l, flags));
     if (c >= 0) mark(c, SOCKET, c);
     return c;
 }
@@ -386,14 +416,14 @@ int accept4(int fd, struct sockaddr *a, socklen_t *l, int flags) { return accept
 
 /* ---------------------------------------------------------------- data */
 
-ssize_t send(int fd, const void *b, size_t n, int f) { ON_SOCKET(fd, SKO(sko_sendto, s_, b, n, f, NULL, 0), REAL(send)(fd, b, n, f)); }
-ssize_t sendto(int fd, const void *b, size_t n, int f, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, SKO(sko_sendto, s_, b, n, f, a, l), REAL(sendto)(fd, b, n, f, a, l)); }
-ssize_t sendmsg(int fd, const struct msghdr *m, int f) { ON_SOCKET(fd, SKO(sko_sendmsg, s_, m, f), REAL(sendmsg)(fd, m, f)); }
-ssize_t recv(int fd, void *b, size_t n, int f) { ON_SOCKET(fd, SKO(sko_recvfrom, s_, b, n, f, NULL, NULL), REAL(recv)(fd, b, n, f)); }
-ssize_t recvfrom(int fd, void *b, size_t n, int f, struct sockaddr *a, socklen_t *l) { ON_SOCKET(fd, SKO(sko_recvfrom, s_, b, n, f, a, l), REAL(recvfrom)(fd, b, n, f, a, l)); }
-ssize_t recvmsg(int fd, struct msghdr *m, int f) { ON_SOCKET(fd, SKO(sko_recvmsg, s_, m, f), REAL(recvmsg)(fd, m, f)); }
-ssize_t read(int fd, void *b, size_t n) { ON_SOCKET(fd, SKO(sko_recvfrom, s_, b, n, 0, NULL, NULL), REAL(read)(fd, b, n)); }
-ssize_t write(int fd, const void *b, size_t n) { ON_SOCKET(fd, SKO(sko_sendto, s_, b, n, 0, NULL, 0), REAL(write)(fd, b, n)); }
+ssize_t send(int fd, const void *b, size_t n, int f) { ON_SOCKET(fd, RESTARTING(s_, 0, SKO(sko_sendto, s_, b, n, f, NULL, 0)), REAL(send)(fd, b, n, f)); }
+ssize_t sendto(int fd, const void *b, size_t n, int f, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, RESTARTING(s_, 0, SKO(sko_sendto, s_, b, n, f, a, l)), REAL(sendto)(fd, b, n, f, a, l)); }
+ssize_t sendmsg(int fd, const struct msghdr *m, int f) { ON_SOCKET(fd, RESTARTING(s_, 0, SKO(sko_sendmsg, s_, m, f)), REAL(sendmsg)(fd, m, f)); }
+ssize_t recv(int fd, void *b, size_t n, int f) { ON_SOCKET(fd, RESTARTING(s_, 1, SKO(sko_recvfrom, s_, b, n, f, NULL, NULL)), REAL(recv)(fd, b, n, f)); }
+ssize_t recvfrom(int fd, void *b, size_t n, int f, struct sockaddr *a, socklen_t *l) { ON_SOCKET(fd, RESTARTING(s_, 1, SKO(sko_recvfrom, s_, b, n, f, a, l)), REAL(recvfrom)(fd, b, n, f, a, l)); }
+ssize_t recvmsg(int fd, struct msghdr *m, int f) { ON_SOCKET(fd, RESTARTING(s_, 1, SKO(sko_recvmsg, s_, m, f)), REAL(recvmsg)(fd, m, f)); }
+ssize_t read(int fd, void *b, size_t n) { ON_SOCKET(fd, RESTARTING(s_, 1, SKO(sko_recvfrom, s_, b, n, 0, NULL, NULL)), REAL(read)(fd, b, n)); }
+ssize_t write(int fd, const void *b, size_t n) { ON_SOCKET(fd, RESTARTING(s_, 0, SKO(sko_sendto, s_, b, n, 0, NULL, 0)), REAL(write)(fd, b, n)); }
 
 /* The _FORTIFY_SOURCE variants packaged programs call. */
 ssize_t __read_chk(int fd, void *b, size_t n, size_t size) { (void)size; return read(fd, b, n); }

@@ -5,6 +5,8 @@
 #include "conformance.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -177,11 +179,52 @@ static void dup_and_close(struct ctx *x) {
     x->c->close(l);
 }
 
+static pthread_t blocked_thread;
+static void on_signal(int sig) { (void)sig; }
+static void interrupt(void *arg) { (void)arg; pthread_kill(blocked_thread, SIGUSR1); }
+struct late_send { struct ctx *x; int fd; };
+static void send_late(void *arg) { struct late_send *l = arg; l->x->c->send(l->fd, "sig", 3, 0); }
+
+/* A blocking recv interrupted by a signal: restarted with SA_RESTART, EINTR without (signal(7)),
+ * EINTR with SA_RESTART when the socket has SO_RCVTIMEO. */
+static void signal_restart(struct ctx *x, int flags, int timeout) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = flags;
+    sigemptyset(&sa.sa_mask);
+    RC("sigaction SIGUSR1", sigaction(SIGUSR1, &sa, &old));
+    if (timeout) {
+        struct timeval tv = {5, 0};
+        RC("SO_RCVTIMEO 5 s", x->c->setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv));
+    }
+    blocked_thread = pthread_self();
+    struct late_send ls = {x, c};
+    void *t1 = later(100, interrupt, NULL);
+    void *t2 = later(300, send_late, &ls);
+    char buf[8];
+    RC("blocking recv, a signal at 100 ms, data at 300 ms", x->c->recv(s, buf, sizeof buf, 0));
+    join_later(t1);
+    join_later(t2);
+    sigaction(SIGUSR1, &old, NULL);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+}
+static void signal_sa_restart(struct ctx *x) { signal_restart(x, SA_RESTART, 0); }
+static void signal_no_restart(struct ctx *x) { signal_restart(x, 0, 0); }
+static void signal_restart_with_timeout(struct ctx *x) { signal_restart(x, SA_RESTART, 1); }
+
 const struct scenario preload_scenarios[] = {
     {"preload_select_tcp", select_tcp, FAM_BOTH | PRELOAD_ONLY},
     {"preload_epoll_level", epoll_level, FAM_BOTH | PRELOAD_ONLY},
     {"preload_epoll_edge_oneshot", epoll_edge_oneshot, FAM_BOTH | PRELOAD_ONLY},
     {"preload_epoll_udp_and_pipe", epoll_udp_and_pipe, FAM_BOTH | PRELOAD_ONLY},
     {"preload_dup_and_close", dup_and_close, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_signal_sa_restart", signal_sa_restart, FAM_V4 | PRELOAD_ONLY},
+    {"preload_signal_no_restart", signal_no_restart, FAM_V4 | PRELOAD_ONLY},
+    {"preload_signal_restart_with_timeout", signal_restart_with_timeout, FAM_V4 | PRELOAD_ONLY},
     {0, 0, 0},
 };
