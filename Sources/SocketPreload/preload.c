@@ -668,13 +668,12 @@ int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *t, const si
  * POLLIN_SET), writable = POLLOUT|POLLERR, exceptional = POLLPRI. */
 static int select_ours(int nfds, fd_set *r, fd_set *w, fd_set *x, int timeout, int *handled, void *caller) {
     *handled = 0;
-    struct pollfd local[256];
+    struct pollfd local[FD_SETSIZE]; /* select's sets hold at most FD_SETSIZE descriptors */
     int n = 0, any = 0;
     for (int fd = 0; fd < nfds && fd < FD_SETSIZE; fd++) {
         short ev = (short)((r && FD_ISSET(fd, r) ? POLLIN : 0) | (w && FD_ISSET(fd, w) ? POLLOUT : 0) | (x && FD_ISSET(fd, x) ? POLLPRI : 0));
         if (!ev) continue;
         if (socket_of(fd, caller) >= 0) any = 1;
-        if (n == 256) { if (any) { errno = EINVAL; *handled = 1; return -1; } return 0; }
         local[n++] = (struct pollfd){fd, ev, 0};
     }
     if (!any) return 0;
@@ -839,12 +838,18 @@ static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int tim
     for (;;) {
         pthread_mutex_lock(&e->lock);
         int n = e->count;
-        struct pollfd p[n + 1];
+        /* (On the heap: a server's set may hold thousands of sockets.) */
+        struct pollfd *p = malloc(((size_t)n + 1) * sizeof *p);
+        if (!p) {
+            pthread_mutex_unlock(&e->lock);
+            errno = ENOMEM;
+            return -1;
+        }
         for (int i = 0; i < n; i++) p[i] = (struct pollfd){e->items[i].socket, e->items[i].armed ? poll_events(e->items[i].events) : 0, 0};
         p[n] = (struct pollfd){epfd, POLLIN, 0};
         pthread_mutex_unlock(&e->lock);
         int rc = SKO(sko_poll, p, (unsigned long)n, 0);
-        if (rc < 0) return -1;
+        if (rc < 0) { free(p); return -1; }
         int got = 0;
         pthread_mutex_lock(&e->lock);
         for (int i = 0; i < n && i < e->count && got < max; i++) {
@@ -872,13 +877,13 @@ static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int tim
             int k = REAL(epoll_wait)(epfd, out + got, max - got, 0);
             if (k > 0) got += k;
         }
-        if (got > 0) return got;
+        if (got > 0) { free(p); return got; }
         int left = timeout;
         if (timeout >= 0) {
             struct timespec now;
             clock_gettime(CLOCK_MONOTONIC, &now);
             long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-            if (elapsed >= timeout) return 0;
+            if (elapsed >= timeout) { free(p); return 0; }
             left = timeout - (int)elapsed;
         }
         /* Sleep until one of ours or the kernel's part changes. ET sockets already reported would
@@ -891,6 +896,7 @@ static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int tim
         int w = SKO(sko_poll, p, (unsigned long)n + 1, left);
         int err = errno;
         if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
+        free(p);
         if (w < 0) { errno = err; return -1; }
     }
 }
