@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Unmodified programs on the kernel's loopback and on the stack (both ends under the preload
 # library), in one run: sockperf ping-pong (UDP, TCP, 64 B: half round trip p50) and iperf3 (TCP,
-# 1 and 4 streams: throughput). Prints a table with the ratios stack/kernel. Uses the release
+# 1 and 4 streams: throughput). Prints a table with the ratios stack/kernel. Then the library's own
+# cost: socket-bench with its libc side under the library (its "kernel" column is then the stack
+# through the preload library, its "stack" column the same stack through sko_*). Uses the release
 # build (swift build -c release first) and a socket-server of its own. Every run is bounded.
 #   scripts/preload-bench.sh [SECONDS]   (default 5 per measurement)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
 bin=.build/release
-for f in socket-server socket-offload-run libsocket-offload-preload.so libSocketClientDynamic.so; do
+for f in socket-server socket-offload-run libsocket-offload-preload.so libSocketClientDynamic.so socket-bench; do
     [ -e "$bin/$f" ] || { echo "preload-bench: $bin/$f missing (swift build -c release)" >&2; exit 1; }
 done
 command -v sockperf >/dev/null && command -v iperf3 >/dev/null || { echo "preload-bench: needs sockperf and iperf3 (scripts/setup.sh)" >&2; exit 1; }
@@ -53,3 +55,10 @@ for n in 1 4; do
     k=$(stream kernel $n 11233); s=$(stream stack $n 11234)
     echo "| iperf3 TCP, $n stream(s) (Gbit/s) | $k | $s | $(ratio "$k" "$s") |"
 done
+
+echo
+echo "The library's own cost: socket-bench's libc calls through the preload library (\"kernel\" column)"
+echo "against its sko_* calls (\"stack\" column), both on the stack:"
+"$bin/socket-offload-run" --socket-path "$sock" -- timeout 600 "$bin/socket-bench" \
+    --only tcp-stream,tcp-pingpong,udp-pingpong,tcp-connect-rate --repetitions 3 2>/dev/null |
+    grep '^| ' | grep -v 'process-vm\]\|shared-memory\]'
