@@ -22,7 +22,8 @@ struct TAPPreloadTests {
             // The listener may take a moment to appear: retry the kernel client for a few seconds.
             var result: ChildProcess.Result?
             for _ in 0..<20 {
-                let r = try net.runKernel(["sh", "-c", "head -c 200000 /dev/urandom > payload; nc -N -w 10 \(address) \(port) < payload > echoed; cmp payload echoed && echo same"], timeoutSeconds: 30)
+                let (sent, echoed) = ("\(net.directory)/payload", "\(net.directory)/echoed")
+                let r = try net.runKernel(["sh", "-c", "head -c 200000 /dev/urandom > \(sent); nc -N -w 10 \(address) \(port) < \(sent) > \(echoed); cmp \(sent) \(echoed) && echo same"], timeoutSeconds: 30)
                 result = r
                 if r.succeeded && r.output.contains("same") { break }
                 usleep(250_000)
