@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -219,25 +220,38 @@ static void table_init(void) {
 struct epoll_set;
 static struct epoll_set *epoll_sets; /* epoll instances watching stack sockets (see epoll below) */
 
+/* Around fork, our tables' locks are held so that the child's copies are consistent. */
+static pthread_mutex_t epoll_lock = PTHREAD_MUTEX_INITIALIZER;
+static void before_fork(void) {
+    pthread_mutex_lock(&table_lock);
+    pthread_mutex_lock(&epoll_lock);
+}
+static void after_fork_in_parent(void) {
+    pthread_mutex_unlock(&epoll_lock);
+    pthread_mutex_unlock(&table_lock);
+}
+
 /* In a child after fork: the stack sockets it inherited are its parent's. Their descriptors become
  * INHERITED: closing one closes the child's copy only (never the parent's socket); any other call
  * on one fails with EBADF and a one-line note (a pre-fork server's children cannot share a listener
  * yet). The child's next stack socket is a session of its own. */
 static void after_fork_in_child(void) {
+    /* Our locks were taken in the prepare hook: the child's copies are released here. */
+    pthread_mutex_unlock(&epoll_lock);
+    pthread_mutex_unlock(&table_lock);
     if (!kinds) return;
-    int any = 0;
     for (int fd = 0; fd < table_size; fd++) {
         int k = atomic_load_explicit(&kinds[fd], memory_order_relaxed);
         if (k == SOCKET || k == ALIAS) {
             atomic_store_explicit(&kinds[fd], INHERITED, memory_order_relaxed);
             references[fd] = 0;
-            any = 1;
         } else if (k == EPOLL_SET) {
             atomic_store_explicit(&kinds[fd], NOT_OURS, memory_order_relaxed);
         }
     }
     epoll_sets = NULL; /* (the parent's; their memory stays with this copy of the heap) */
-    if (any && sko_forget_after_fork_p) {
+    /* The session is the parent's even with no socket open now: always start afresh. */
+    if (sko_forget_after_fork_p) {
         depth++;
         sko_forget_after_fork_p();
         depth--;
@@ -248,7 +262,7 @@ __attribute__((constructor)) static void preload_init(void) {
 #define RESOLVE(name, ret, args) REAL(name);
     REAL_FUNCTIONS(RESOLVE)
     table_init();
-    pthread_atfork(NULL, NULL, after_fork_in_child);
+    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 }
 
 static inline int kind_of(int fd) {
@@ -265,11 +279,13 @@ static inline int socket_of(int fd, void *caller) {
 }
 
 static void mark(int fd, int kind, int target) {
-    if (fd < 0 || fd >= table_size) return;
+    if (fd < 0 || fd >= table_size) return; /* (callers check `trackable` first) */
     targets[fd] = target;
     atomic_fetch_add(&references[target], 1);
     atomic_store_explicit(&kinds[fd], (uint8_t)kind, memory_order_relaxed);
 }
+
+static void forget_in_epoll_sets(int s);
 
 /* Drops descriptor `fd` of socket `s`; closes the socket with its last descriptor. */
 static int release(int fd, int s) {
@@ -280,6 +296,7 @@ static int release(int fd, int s) {
     int rc = 0;
     if (fd != s) rc = REAL(close)(fd); /* an alias: its own kernel descriptor */
     if (left == 0) {
+        forget_in_epoll_sets(s);
         int r = SKO(sko_close, s); /* closes the socket's eventfd (descriptor s) too */
         if (fd == s) rc = r;
     }
@@ -325,6 +342,11 @@ int socket(int domain, int type, int protocol) {
     table_init();
     if (!client_ready()) return -1;
     int fd = SKO(sko_socket, domain, type, protocol);
+    if (fd >= table_size) { /* beyond the table (a raised descriptor limit): not a socket we could track */
+        SKO(sko_close, fd);
+        errno = EMFILE;
+        return -1;
+    }
     if (fd < 0) {
         int e = errno;
         if (e == ENOENT || e == ECONNREFUSED || e == ETIMEDOUT || e == EPERM || e == EACCES || e == ENETDOWN) report_unreachable(e);
@@ -388,6 +410,14 @@ static int restarts(int s, int receiving) {
         r_; \
     })
 
+/* A write to a connection that cannot send any more (EPIPE) raises SIGPIPE, as the kernel's does,
+ * unless MSG_NOSIGNAL (the stack's sko_* calls never raise it themselves). */
+#define WRITING(s, flags, call) ({ \
+        __typeof__(call) w_ = (call); \
+        if (w_ < 0 && errno == EPIPE && !((flags) & MSG_NOSIGNAL)) { int e_ = errno; pthread_kill(pthread_self(), SIGPIPE); errno = e_; } \
+        w_; \
+    })
+
 /* The calls that do not go through ON_SOCKET check for an inherited descriptor themselves. */
 #define REFUSE_INHERITED(fd) do { if (kind_of(fd) == INHERITED) return inherited_call(); } while (0)
 
@@ -416,14 +446,14 @@ int accept4(int fd, struct sockaddr *a, socklen_t *l, int flags) { return accept
 
 /* ---------------------------------------------------------------- data */
 
-ssize_t send(int fd, const void *b, size_t n, int f) { ON_SOCKET(fd, RESTARTING(s_, 0, SKO(sko_sendto, s_, b, n, f, NULL, 0)), REAL(send)(fd, b, n, f)); }
-ssize_t sendto(int fd, const void *b, size_t n, int f, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, RESTARTING(s_, 0, SKO(sko_sendto, s_, b, n, f, a, l)), REAL(sendto)(fd, b, n, f, a, l)); }
-ssize_t sendmsg(int fd, const struct msghdr *m, int f) { ON_SOCKET(fd, RESTARTING(s_, 0, SKO(sko_sendmsg, s_, m, f)), REAL(sendmsg)(fd, m, f)); }
+ssize_t send(int fd, const void *b, size_t n, int f) { ON_SOCKET(fd, WRITING(s_, f, RESTARTING(s_, 0, SKO(sko_sendto, s_, b, n, f, NULL, 0))), REAL(send)(fd, b, n, f)); }
+ssize_t sendto(int fd, const void *b, size_t n, int f, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, WRITING(s_, f, RESTARTING(s_, 0, SKO(sko_sendto, s_, b, n, f, a, l))), REAL(sendto)(fd, b, n, f, a, l)); }
+ssize_t sendmsg(int fd, const struct msghdr *m, int f) { ON_SOCKET(fd, WRITING(s_, f, RESTARTING(s_, 0, SKO(sko_sendmsg, s_, m, f))), REAL(sendmsg)(fd, m, f)); }
 ssize_t recv(int fd, void *b, size_t n, int f) { ON_SOCKET(fd, RESTARTING(s_, 1, SKO(sko_recvfrom, s_, b, n, f, NULL, NULL)), REAL(recv)(fd, b, n, f)); }
 ssize_t recvfrom(int fd, void *b, size_t n, int f, struct sockaddr *a, socklen_t *l) { ON_SOCKET(fd, RESTARTING(s_, 1, SKO(sko_recvfrom, s_, b, n, f, a, l)), REAL(recvfrom)(fd, b, n, f, a, l)); }
 ssize_t recvmsg(int fd, struct msghdr *m, int f) { ON_SOCKET(fd, RESTARTING(s_, 1, SKO(sko_recvmsg, s_, m, f)), REAL(recvmsg)(fd, m, f)); }
 ssize_t read(int fd, void *b, size_t n) { ON_SOCKET(fd, RESTARTING(s_, 1, SKO(sko_recvfrom, s_, b, n, 0, NULL, NULL)), REAL(read)(fd, b, n)); }
-ssize_t write(int fd, const void *b, size_t n) { ON_SOCKET(fd, RESTARTING(s_, 0, SKO(sko_sendto, s_, b, n, 0, NULL, 0)), REAL(write)(fd, b, n)); }
+ssize_t write(int fd, const void *b, size_t n) { ON_SOCKET(fd, WRITING(s_, 0, RESTARTING(s_, 0, SKO(sko_sendto, s_, b, n, 0, NULL, 0))), REAL(write)(fd, b, n)); }
 
 /* The _FORTIFY_SOURCE variants packaged programs call. */
 ssize_t __read_chk(int fd, void *b, size_t n, size_t size) { (void)size; return read(fd, b, n); }
@@ -438,7 +468,7 @@ ssize_t readv(int fd, const struct iovec *v, int n) {
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(readv)(fd, v, n);
     struct msghdr m = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
-    return SKO(sko_recvmsg, s, &m, 0);
+    return RESTARTING(s, 1, SKO(sko_recvmsg, s, &m, 0));
 }
 
 ssize_t writev(int fd, const struct iovec *v, int n) {
@@ -446,7 +476,7 @@ ssize_t writev(int fd, const struct iovec *v, int n) {
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(writev)(fd, v, n);
     struct msghdr m = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
-    return SKO(sko_sendmsg, s, &m, 0);
+    return WRITING(s, 0, RESTARTING(s, 0, SKO(sko_sendmsg, s, &m, 0)));
 }
 
 int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int f) {
@@ -485,7 +515,8 @@ ssize_t sendfile(int out, int in, off_t *offset, size_t count) {
         return REAL(sendfile)(out, in, offset, count);
     }
     /* From a file into a stack socket: read and send, in chunks. */
-    char buf[65536];
+    if (socket_of(in, __builtin_return_address(0)) >= 0) { errno = EINVAL; return -1; }
+    static __thread char buf[65536];
     size_t done = 0;
     off_t pos = offset ? *offset : 0;
     while (done < count) {
@@ -494,7 +525,13 @@ ssize_t sendfile(int out, int in, off_t *offset, size_t count) {
         if (got < 0) { if (done) break; return -1; }
         if (got == 0) break;
         ssize_t sent = SKO(sko_sendto, s, buf, (size_t)got, MSG_NOSIGNAL, NULL, 0);
-        if (sent < 0) { if (done) break; return -1; }
+        if (sent < 0) {
+            int e = errno;
+            if (!offset) lseek(in, -got, SEEK_CUR); /* the file position stays where the send stopped */
+            errno = e;
+            if (done) break;
+            return -1;
+        }
         done += (size_t)sent;
         pos += sent;
         if (sent < got) {
@@ -523,6 +560,7 @@ int close(int fd) {
 int close_range(unsigned int first, unsigned int last, int flags) {
     static int (*real_close_range)(unsigned int, unsigned int, int);
     if (!real_close_range) real_close_range = dlsym(RTLD_NEXT, "close_range");
+    if (!real_close_range) { errno = ENOSYS; return -1; }
     if (!(flags & CLOSE_RANGE_CLOEXEC)) {
         for (unsigned int fd = first; fd <= last && (int)fd < table_size; fd++) {
             int k = kind_of((int)fd);
@@ -533,6 +571,12 @@ int close_range(unsigned int first, unsigned int last, int flags) {
         }
     }
     return real_close_range(first, last, flags);
+}
+
+/* glibc's closefrom closes through its internal close_range, out of our reach: through ours. */
+void closefrom(int lowfd) {
+    if (lowfd < 0) lowfd = 0;
+    close_range((unsigned int)lowfd, ~0U, 0);
 }
 
 static int alias(int s, int newfd) {
@@ -548,10 +592,14 @@ int dup(int fd) {
 }
 
 static int dup_onto(int fd, int newfd, int flags, void *caller) {
+    REFUSE_INHERITED(fd);
+    if (fd == newfd) { errno = EINVAL; return -1; } /* dup3's rule (dup2 does not come here) */
+    if (REAL(fcntl)(fd, F_GETFD) < 0) return -1;      /* EBADF before newfd is touched */
     int s = socket_of(fd, caller);
-    if (fd == newfd) return flags ? (errno = EINVAL, -1) : newfd;
     int t = socket_of(newfd, caller);
     if (t >= 0) release(newfd, t); /* dup2 closes newfd first */
+    else if (kind_of(newfd) == EPOLL_SET) forget_epoll_set(newfd);
+    else if (kind_of(newfd) == INHERITED) atomic_store_explicit(&kinds[newfd], NOT_OURS, memory_order_relaxed);
     int n = REAL(dup3)(fd, newfd, flags);
     return (s < 0 || n < 0) ? n : alias(s, n);
 }
@@ -602,6 +650,19 @@ int ioctl(int fd, unsigned long request, ...) {
     va_end(ap);
     int s = socket_of(fd, __builtin_return_address(0));
     if (s >= 0 && (request == FIONREAD || request == FIONBIO || request == TIOCOUTQ)) return SKO(sko_ioctl, s, request, (int *)arg);
+    if (s >= 0 && (request & 0xff00) == 0x8900) {
+        /* Interface requests (SIOCGIFADDR, SIOCGIFCONF...) about the kernel's interfaces, asked on
+         * any socket: a kernel datagram socket of our own answers them. */
+        static atomic_int kernel_socket = -1;
+        int k = atomic_load(&kernel_socket);
+        if (k < 0) {
+            int n = REAL(socket)(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+            int expected = -1;
+            if (n >= 0 && !atomic_compare_exchange_strong(&kernel_socket, &expected, n)) REAL(close)(n);
+            k = atomic_load(&kernel_socket);
+        }
+        return REAL(ioctl)(k, request, arg);
+    }
     return REAL(ioctl)(fd, request, arg);
 }
 
@@ -681,6 +742,8 @@ static int select_ours(int nfds, fd_set *r, fd_set *w, fd_set *x, int timeout, i
     int h;
     int rc = poll_ours(local, (nfds_t)n, timeout, &h, caller);
     if (rc < 0) return rc;
+    for (int i = 0; i < n; i++)
+        if (local[i].revents & POLLNVAL) { errno = EBADF; return -1; } /* a closed descriptor in a set */
     if (r) FD_ZERO(r);
     if (w) FD_ZERO(w);
     if (x) FD_ZERO(x);
@@ -714,6 +777,10 @@ int select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *t) {
 }
 
 int pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *t, const sigset_t *mask) {
+    int ours = 0;
+    for (int fd = 0; fd < nfds && fd < FD_SETSIZE && !ours; fd++)
+        if ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)) || (x && FD_ISSET(fd, x))) ours = socket_of(fd, __builtin_return_address(0)) >= 0;
+    if (!ours) return REAL(pselect)(nfds, r, w, x, t, mask);
     sigset_t old;
     if (mask) pthread_sigmask(SIG_SETMASK, mask, &old);
     int handled;
@@ -736,8 +803,11 @@ int pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *t,
  */
 
 struct watched { int fd; int socket; uint32_t events; epoll_data_t data; short last; int armed; int readable; };
-struct epoll_set { int epfd; int count, capacity; struct watched *items; struct epoll_set *next; pthread_mutex_t lock; };
-static pthread_mutex_t epoll_lock = PTHREAD_MUTEX_INITIALIZER;
+/* `wake`: an eventfd in the set's kernel part, written on every change of ours, so that a thread
+ * already waiting looks again at the set (an EPOLL_CTL_ADD from an acceptor thread, a ONESHOT
+ * re-armed by a worker). Its events are never returned. */
+struct epoll_set { int epfd; int wake; int count, capacity; struct watched *items; struct epoll_set *next; pthread_mutex_t lock; };
+#define WAKE_TAG 0x736b6f77616b6521ull /* data.u64 of `wake` in the kernel set */
 
 static void forget_epoll_set(int epfd) {
     pthread_mutex_lock(&epoll_lock);
@@ -745,6 +815,7 @@ static void forget_epoll_set(int epfd) {
         if ((*l)->epfd != epfd) continue;
         struct epoll_set *e = *l;
         *l = e->next;
+        if (e->wake >= 0) REAL(close)(e->wake);
         free(e->items);
         free(e);
         break;
@@ -759,8 +830,19 @@ static struct epoll_set *epoll_set_of(int epfd, int create) {
     while (e && e->epfd != epfd) e = e->next;
     if (!e && create) {
         e = calloc(1, sizeof *e);
+        int wake = e ? eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) : -1;
+        struct epoll_event we = {.events = EPOLLIN, .data.u64 = WAKE_TAG};
+        /* (This also checks that epfd is an epoll instance: EBADF / EINVAL otherwise.) */
+        if (e && (wake < 0 || REAL(epoll_ctl)(epfd, EPOLL_CTL_ADD, wake, &we) < 0)) {
+            int err = errno;
+            if (wake >= 0) REAL(close)(wake);
+            free(e);
+            e = NULL;
+            errno = err;
+        }
         if (e) {
             e->epfd = epfd;
+            e->wake = wake;
             pthread_mutex_init(&e->lock, NULL);
             e->next = epoll_sets;
             epoll_sets = e;
@@ -795,7 +877,10 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(epoll_ctl)(epfd, op, fd, ev);
     struct epoll_set *e = epoll_set_of(epfd, op == EPOLL_CTL_ADD);
-    if (!e) { errno = op == EPOLL_CTL_ADD ? ENOMEM : ENOENT; return -1; }
+    if (!e) {
+        if (op != EPOLL_CTL_ADD) errno = ENOENT;
+        return -1;
+    }
     pthread_mutex_lock(&e->lock);
     int i = 0;
     while (i < e->count && e->items[i].fd != fd) i++;
@@ -827,7 +912,26 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
         rc = -1;
     }
     pthread_mutex_unlock(&e->lock);
+    if (rc == 0) {
+        uint64_t one = 1;
+        ssize_t w = REAL(write)(e->wake, &one, sizeof one);
+        (void)w;
+    }
     return rc;
+}
+
+/* A stack socket closed (its last descriptor): Linux drops it from every epoll set. */
+static void forget_in_epoll_sets(int s) {
+    pthread_mutex_lock(&epoll_lock);
+    for (struct epoll_set *e = epoll_sets; e; e = e->next) {
+        pthread_mutex_lock(&e->lock);
+        for (int i = 0; i < e->count;) {
+            if (e->items[i].socket == s) e->items[i] = e->items[--e->count];
+            else i++;
+        }
+        pthread_mutex_unlock(&e->lock);
+    }
+    pthread_mutex_unlock(&epoll_lock);
 }
 
 static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int timeout, const sigset_t *mask) {
@@ -856,6 +960,7 @@ static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int tim
             struct watched *w = &e->items[i];
             if (w->socket != p[i].fd || !w->armed) continue;
             short re = p[i].revents;
+            if (re & POLLNVAL) continue;
             if (w->events & EPOLLET) {
                 short fresh = (short)(re & ~w->last);
                 int readable = 0;
@@ -875,6 +980,15 @@ static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int tim
         pthread_mutex_unlock(&e->lock);
         if (got < max) {
             int k = REAL(epoll_wait)(epfd, out + got, max - got, 0);
+            for (int i = 0; i < k; i++) {
+                if (out[got + i].data.u64 != WAKE_TAG) continue;
+                uint64_t v;
+                ssize_t r = REAL(read)(e->wake, &v, sizeof v);
+                (void)r;
+                out[got + i] = out[got + k - 1];
+                k--;
+                i--;
+            }
             if (k > 0) got += k;
         }
         if (got > 0) { free(p); return got; }

@@ -217,12 +217,57 @@ static void signal_sa_restart(struct ctx *x) { signal_restart(x, SA_RESTART, 0);
 static void signal_no_restart(struct ctx *x) { signal_restart(x, 0, 0); }
 static void signal_restart_with_timeout(struct ctx *x) { signal_restart(x, SA_RESTART, 1); }
 
+/* A socket closed without EPOLL_CTL_DEL leaves every epoll set (nginx relies on it). */
+static void epoll_close_without_del(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    int ep = FD("epoll_create1", epoll_create1(0));
+    epoll_add(x, "add server", ep, s, EPOLLIN, 1);
+    RC("send", x->c->send(c, "abc", 3, 0));
+    rec_epoll(x, "data", ep, 2000);
+    RC("close the server socket (no EPOLL_CTL_DEL)", x->c->close(s));
+    rec_epoll(x, "the set is empty", ep, 100);
+    struct epoll_event ev = {.events = EPOLLIN};
+    RC("epoll_ctl on a descriptor that is not an epoll set", epoll_ctl(c, EPOLL_CTL_ADD, c, &ev));
+    close(ep);
+    x->c->close(c);
+    x->c->close(l);
+}
+
+static volatile sig_atomic_t pipe_signals;
+static void on_sigpipe(int sig) { (void)sig; pipe_signals++; }
+
+/* Writing to a connection that cannot send raises SIGPIPE (unless MSG_NOSIGNAL). */
+static void sigpipe_on_write(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigpipe;
+    sigemptyset(&sa.sa_mask);
+    RC("sigaction SIGPIPE", sigaction(SIGPIPE, &sa, &old));
+    pipe_signals = 0;
+    RC("SHUT_WR", x->c->shutdown(c, SHUT_WR));
+    RC("send after SHUT_WR", x->c->send(c, "x", 1, 0));
+    rec_note("SIGPIPE raised", "%d", (int)pipe_signals);
+    RC("send with MSG_NOSIGNAL", x->c->send(c, "x", 1, MSG_NOSIGNAL));
+    rec_note("SIGPIPE raised", "%d", (int)pipe_signals);
+    RC("write after SHUT_WR", write(c, "x", 1));
+    rec_note("SIGPIPE raised", "%d", (int)pipe_signals);
+    sigaction(SIGPIPE, &old, NULL);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+}
+
 const struct scenario preload_scenarios[] = {
     {"preload_select_tcp", select_tcp, FAM_BOTH | PRELOAD_ONLY},
     {"preload_epoll_level", epoll_level, FAM_BOTH | PRELOAD_ONLY},
     {"preload_epoll_edge_oneshot", epoll_edge_oneshot, FAM_BOTH | PRELOAD_ONLY},
     {"preload_epoll_udp_and_pipe", epoll_udp_and_pipe, FAM_BOTH | PRELOAD_ONLY},
     {"preload_dup_and_close", dup_and_close, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_epoll_close_without_del", epoll_close_without_del, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_sigpipe_on_write", sigpipe_on_write, FAM_BOTH | PRELOAD_ONLY},
     {"preload_signal_sa_restart", signal_sa_restart, FAM_V4 | PRELOAD_ONLY},
     {"preload_signal_no_restart", signal_no_restart, FAM_V4 | PRELOAD_ONLY},
     {"preload_signal_restart_with_timeout", signal_restart_with_timeout, FAM_V4 | PRELOAD_ONLY},
