@@ -197,6 +197,9 @@ enum {
 static _Atomic uint8_t *kinds;   /* per descriptor */
 static int *targets;             /* per descriptor: the socket's own descriptor (for an alias) */
 static _Atomic int *references;  /* per socket descriptor: how many descriptors stand for it */
+/* Per socket descriptor: a call found it empty (1) or full (2), i.e. EAGAIN: for EPOLLET, the next
+ * data (room) is a new edge even if the socket looked readable (writable) at the last look. */
+static _Atomic uint8_t *drained;
 static int table_size;
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -209,7 +212,9 @@ static void table_init(void) {
     void *a = mmap(NULL, (size_t)n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     void *b = mmap(NULL, (size_t)n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     void *c = mmap(NULL, (size_t)n * sizeof(int), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (a == MAP_FAILED || b == MAP_FAILED || c == MAP_FAILED) return;
+    void *d = mmap(NULL, (size_t)n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a == MAP_FAILED || b == MAP_FAILED || c == MAP_FAILED || d == MAP_FAILED) return;
+    drained = d;
     targets = b;
     references = c;
     table_size = n;
@@ -407,6 +412,7 @@ static int restarts(int s, int receiving) {
 #define RESTARTING(s, receiving, call) ({ \
         __typeof__(call) r_; \
         while ((r_ = (call)) < 0 && errno == EINTR && restarts(s, receiving)) {} \
+        if (r_ < 0 && errno == EAGAIN) atomic_fetch_or_explicit(&drained[s], (receiving) ? 1 : 2, memory_order_relaxed); \
         r_; \
     })
 
@@ -962,6 +968,10 @@ static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int tim
             short re = p[i].revents;
             if (re & POLLNVAL) continue;
             if (w->events & EPOLLET) {
+                /* Emptied or filled since the last look (EAGAIN): the next data or room is an edge. */
+                uint8_t d = atomic_exchange_explicit(&drained[w->socket], 0, memory_order_relaxed);
+                if (d & 1) { w->last &= (short)~POLLIN; w->readable = 0; }
+                if (d & 2) w->last &= (short)~POLLOUT;
                 short fresh = (short)(re & ~w->last);
                 int readable = 0;
                 if (re & POLLIN) SKO(sko_ioctl, w->socket, FIONREAD, &readable);

@@ -234,6 +234,26 @@ static void epoll_close_without_del(struct ctx *x) {
     x->c->close(l);
 }
 
+/* EPOLLET after the reader emptied the socket (EAGAIN): the next data is an edge, even when it is
+ * no more than what was there at the last look. */
+static void epoll_edge_after_drain(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    RC("O_NONBLOCK", x->c->fcntl(s, F_SETFL, O_NONBLOCK));
+    int ep = FD("epoll_create1", epoll_create1(0));
+    epoll_add(x, "add server IN|ET", ep, s, EPOLLIN | EPOLLET, 1);
+    RC("send 4", x->c->send(c, "abcd", 4, 0));
+    rec_epoll(x, "first edge", ep, 2000);
+    RC("read 4", x->c->recv(s, (char[8]){0}, 8, 0));
+    RC("read until EAGAIN", x->c->recv(s, (char[8]){0}, 8, 0));
+    RC("send 2", x->c->send(c, "ef", 2, 0));
+    rec_epoll(x, "an edge for less than before", ep, 2000);
+    close(ep);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+}
+
 static volatile sig_atomic_t pipe_signals;
 static void on_sigpipe(int sig) { (void)sig; pipe_signals++; }
 
@@ -267,6 +287,7 @@ const struct scenario preload_scenarios[] = {
     {"preload_epoll_udp_and_pipe", epoll_udp_and_pipe, FAM_BOTH | PRELOAD_ONLY},
     {"preload_dup_and_close", dup_and_close, FAM_BOTH | PRELOAD_ONLY},
     {"preload_epoll_close_without_del", epoll_close_without_del, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_epoll_edge_after_drain", epoll_edge_after_drain, FAM_BOTH | PRELOAD_ONLY},
     {"preload_sigpipe_on_write", sigpipe_on_write, FAM_BOTH | PRELOAD_ONLY},
     {"preload_signal_sa_restart", signal_sa_restart, FAM_V4 | PRELOAD_ONLY},
     {"preload_signal_no_restart", signal_no_restart, FAM_V4 | PRELOAD_ONLY},
