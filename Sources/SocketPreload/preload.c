@@ -812,7 +812,14 @@ struct watched { int fd; int socket; uint32_t events; epoll_data_t data; short l
 /* `wake`: an eventfd in the set's kernel part, written on every change of ours, so that a thread
  * already waiting looks again at the set (an EPOLL_CTL_ADD from an acceptor thread, a ONESHOT
  * re-armed by a worker). Its events are never returned. */
-struct epoll_set { int epfd; int wake; int count, capacity; struct watched *items; struct epoll_set *next; pthread_mutex_t lock; };
+/* `users`: threads inside epoll_wait on the set; a set closed meanwhile (`dead`) is freed by the
+ * last of them. `cursor`: where the next look starts (fairness when more are ready than asked). */
+struct epoll_set {
+    int epfd, wake, count, capacity, cursor, users, dead;
+    struct watched *items;
+    struct epoll_set *next;
+    pthread_mutex_t lock;
+};
 #define WAKE_TAG 0x736b6f77616b6521ull /* data.u64 of `wake` in the kernel set */
 
 static void forget_epoll_set(int epfd) {
@@ -821,9 +828,13 @@ static void forget_epoll_set(int epfd) {
         if ((*l)->epfd != epfd) continue;
         struct epoll_set *e = *l;
         *l = e->next;
-        if (e->wake >= 0) REAL(close)(e->wake);
-        free(e->items);
-        free(e);
+        if (e->users > 0) {
+            e->dead = 1; /* the last waiter frees it */
+        } else {
+            if (e->wake >= 0) REAL(close)(e->wake);
+            free(e->items);
+            free(e);
+        }
         break;
     }
     atomic_store_explicit(&kinds[epfd], NOT_OURS, memory_order_relaxed);
@@ -940,9 +951,34 @@ static void forget_in_epoll_sets(int s) {
     pthread_mutex_unlock(&epoll_lock);
 }
 
+static int epoll_wait_set(struct epoll_set *e, int epfd, struct epoll_event *out, int max, int timeout, const sigset_t *mask);
+
 static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int timeout, const sigset_t *mask) {
-    struct epoll_set *e = kind_of(epfd) == EPOLL_SET ? epoll_set_of(epfd, 0) : NULL;
-    if (!e || e->count == 0 || max <= 0) return REAL(epoll_pwait)(epfd, out, max, timeout, mask);
+    pthread_mutex_lock(&epoll_lock);
+    struct epoll_set *e = NULL;
+    if (kind_of(epfd) == EPOLL_SET)
+        for (e = epoll_sets; e && e->epfd != epfd; e = e->next) {}
+    if (e) e->users++;
+    pthread_mutex_unlock(&epoll_lock);
+    int rc, err;
+    if (!e || e->count == 0 || max <= 0) rc = REAL(epoll_pwait)(epfd, out, max, timeout, mask);
+    else rc = epoll_wait_set(e, epfd, out, max, timeout, mask);
+    err = errno;
+    if (e) {
+        pthread_mutex_lock(&epoll_lock);
+        int last = --e->users == 0 && e->dead;
+        pthread_mutex_unlock(&epoll_lock);
+        if (last) {
+            if (e->wake >= 0) REAL(close)(e->wake);
+            free(e->items);
+            free(e);
+        }
+    }
+    errno = err;
+    return rc;
+}
+
+static int epoll_wait_set(struct epoll_set *e, int epfd, struct epoll_event *out, int max, int timeout, const sigset_t *mask) {
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
@@ -962,7 +998,11 @@ static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int tim
         if (rc < 0) { free(p); return -1; }
         int got = 0;
         pthread_mutex_lock(&e->lock);
-        for (int i = 0; i < n && i < e->count && got < max; i++) {
+        int first = n > 0 ? e->cursor % n : 0;
+        e->cursor = first + 1;
+        for (int k = 0; k < n && got < max; k++) {
+            int i = (first + k) % n;
+            if (i >= e->count) continue;
             struct watched *w = &e->items[i];
             if (w->socket != p[i].fd || !w->armed) continue;
             short re = p[i].revents;
