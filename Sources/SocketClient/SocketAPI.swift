@@ -80,8 +80,6 @@ final class ClientState: Sendable {
     }
 }
 
-private func int32Bytes(_ v: Int32) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
-
 /// Runs `body`, turning a thrown `Errno` into -1 + errno.
 @inline(__always)
 func bsd<R: FixedWidthInteger>(_ body: () throws(Errno) -> R) -> R {

@@ -349,8 +349,9 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
         let events = view.events
         let failed = events & CSHIMS_EV_ERROR != 0
         let shut = localShutdown.load(ordering: .relaxed)
+        let state = currentState()
         var r: Int16 = 0
-        switch currentState() {
+        switch state {
         case .listening:
             if view.pendingAccepts > 0 { r |= Int16(POLLIN) }
         case .fresh:
@@ -367,7 +368,7 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
             if (readClosed && writeClosed) || events & CSHIMS_EV_HUP != 0 { r |= Int16(POLLHUP) }
             if writeClosed || 3 * sendRing.sharedFreeSpace() >= Int(info.sendSize) { r |= Int16(POLLOUT) }
         }
-        if failed && !errorReported.load(ordering: .relaxed) && currentState() != .fresh { r |= Int16(POLLERR) }
+        if failed && !errorReported.load(ordering: .relaxed) && state != .fresh { r |= Int16(POLLERR) }
         if r & Int16(POLLIN) != 0 { r |= Int16(POLLRDNORM) }
         if r & Int16(POLLOUT) != 0 { r |= Int16(POLLWRNORM) }
         return r

@@ -870,25 +870,11 @@ static struct epoll_set *epoll_set_of(int epfd, int create) {
     return e;
 }
 
-static short poll_events(uint32_t ev) {
-    short p = 0;
-    if (ev & EPOLLIN) p |= POLLIN;
-    if (ev & EPOLLOUT) p |= POLLOUT;
-    if (ev & EPOLLRDHUP) p |= POLLRDHUP;
-    if (ev & EPOLLPRI) p |= POLLPRI;
-    return p;
-}
-
-static uint32_t epoll_bits(short re) {
-    uint32_t e = 0;
-    if (re & POLLIN) e |= EPOLLIN;
-    if (re & POLLOUT) e |= EPOLLOUT;
-    if (re & POLLRDHUP) e |= EPOLLRDHUP;
-    if (re & POLLPRI) e |= EPOLLPRI;
-    if (re & POLLERR) e |= EPOLLERR;
-    if (re & POLLHUP) e |= EPOLLHUP;
-    return e;
-}
+/* Linux gives the epoll and poll bits the same values: converting is masking. */
+_Static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLPRI == POLLPRI && EPOLLERR == POLLERR &&
+               EPOLLHUP == POLLHUP && EPOLLRDHUP == POLLRDHUP, "epoll and poll bits differ");
+static short poll_events(uint32_t ev) { return (short)(ev & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI)); }
+static uint32_t epoll_bits(short re) { return (uint32_t)re & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP); }
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     int s = socket_of(fd, __builtin_return_address(0));

@@ -203,8 +203,6 @@ class ServerSocket {
     }
 }
 
-func int32Bytes(_ v: Int32) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
-
 func int32Value(_ bytes: [UInt8]) -> Int32? {
     guard bytes.count >= 4 else { return nil }
     return bytes.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }

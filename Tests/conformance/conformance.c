@@ -245,6 +245,25 @@ long set_intopt(struct ctx *x, const char *label, int fd, int level, int name, i
     return RC(label, x->c->setsockopt(fd, level, name, &value, sizeof value));
 }
 
+void rec_common_options(struct ctx *x, int a) {
+    rec_intopt(x, "SO_TYPE", a, SOL_SOCKET, SO_TYPE);
+    rec_intopt(x, "SO_PROTOCOL", a, SOL_SOCKET, SO_PROTOCOL);
+    rec_intopt(x, "SO_DOMAIN", a, SOL_SOCKET, SO_DOMAIN);
+    rec_intopt(x, "SO_ACCEPTCONN", a, SOL_SOCKET, SO_ACCEPTCONN);
+    rec_intopt(x, "SO_REUSEADDR", a, SOL_SOCKET, SO_REUSEADDR);
+    rec_intopt(x, "SO_REUSEPORT", a, SOL_SOCKET, SO_REUSEPORT);
+    rec_intopt(x, "SO_KEEPALIVE", a, SOL_SOCKET, SO_KEEPALIVE);
+    rec_intopt(x, "SO_ERROR", a, SOL_SOCKET, SO_ERROR);
+    if (x->family == AF_INET) {
+        rec_intopt(x, "IP_TTL", a, IPPROTO_IP, IP_TTL);
+        rec_intopt(x, "IP_TOS", a, IPPROTO_IP, IP_TOS);
+    } else {
+        rec_intopt(x, "IPV6_V6ONLY", a, IPPROTO_IPV6, IPV6_V6ONLY);
+        rec_intopt(x, "IPV6_UNICAST_HOPS", a, IPPROTO_IPV6, IPV6_UNICAST_HOPS);
+        rec_intopt(x, "IPV6_TCLASS", a, IPPROTO_IPV6, IPV6_TCLASS);
+    }
+}
+
 int rec_soerror(struct ctx *x, const char *label, int fd) {
     int v = -12345;
     socklen_t len = sizeof v;

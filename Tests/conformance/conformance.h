@@ -113,6 +113,9 @@ void rec_peername(struct ctx *x, const char *label, int fd);
 int rec_intopt(struct ctx *x, const char *label, int fd, int level, int name);
 /* setsockopt of an int option. */
 long set_intopt(struct ctx *x, const char *label, int fd, int level, int name, int value);
+/* The defaults every socket answers: SOL_SOCKET's common options, then the family's TTL/TOS or
+ * V6ONLY/hop limit/traffic class. */
+void rec_common_options(struct ctx *x, int fd);
 /* SO_ERROR, recorded. */
 int rec_soerror(struct ctx *x, const char *label, int fd);
 

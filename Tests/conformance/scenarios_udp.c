@@ -1040,27 +1040,15 @@ static void broadcast_refused(struct ctx *x) {
 
 static void option_defaults(struct ctx *x) {
     int a = udp_socket(x, "socket");
-    rec_intopt(x, "SO_TYPE", a, SOL_SOCKET, SO_TYPE);
-    rec_intopt(x, "SO_PROTOCOL", a, SOL_SOCKET, SO_PROTOCOL);
-    rec_intopt(x, "SO_DOMAIN", a, SOL_SOCKET, SO_DOMAIN);
-    rec_intopt(x, "SO_ACCEPTCONN", a, SOL_SOCKET, SO_ACCEPTCONN);
-    rec_intopt(x, "SO_REUSEADDR", a, SOL_SOCKET, SO_REUSEADDR);
-    rec_intopt(x, "SO_REUSEPORT", a, SOL_SOCKET, SO_REUSEPORT);
+    rec_common_options(x, a);
     rec_intopt(x, "SO_BROADCAST", a, SOL_SOCKET, SO_BROADCAST);
-    rec_intopt(x, "SO_KEEPALIVE", a, SOL_SOCKET, SO_KEEPALIVE);
-    rec_intopt(x, "SO_ERROR", a, SOL_SOCKET, SO_ERROR);
     rec_intopt(x, "UDP_CORK", a, IPPROTO_UDP, UDP_CORK);
     if (x->family == AF_INET) {
-        rec_intopt(x, "IP_TTL", a, IPPROTO_IP, IP_TTL);
-        rec_intopt(x, "IP_TOS", a, IPPROTO_IP, IP_TOS);
         rec_intopt(x, "IP_MULTICAST_TTL", a, IPPROTO_IP, IP_MULTICAST_TTL);
         rec_intopt(x, "IP_MULTICAST_LOOP", a, IPPROTO_IP, IP_MULTICAST_LOOP);
     } else {
-        rec_intopt(x, "IPV6_V6ONLY", a, IPPROTO_IPV6, IPV6_V6ONLY);
-        rec_intopt(x, "IPV6_UNICAST_HOPS", a, IPPROTO_IPV6, IPV6_UNICAST_HOPS);
         rec_intopt(x, "IPV6_MULTICAST_HOPS", a, IPPROTO_IPV6, IPV6_MULTICAST_HOPS);
         rec_intopt(x, "IPV6_MULTICAST_LOOP", a, IPPROTO_IPV6, IPV6_MULTICAST_LOOP);
-        rec_intopt(x, "IPV6_TCLASS", a, IPPROTO_IPV6, IPV6_TCLASS);
     }
     x->c->close(a);
 }

@@ -1,3 +1,6 @@
+/// A socket option's int value as the bytes getsockopt/setsockopt carry (host order).
+public func int32Bytes(_ v: Int32) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
+
 /// Little-endian writer for control messages.
 struct WireWriter {
     var bytes: [UInt8] = []
