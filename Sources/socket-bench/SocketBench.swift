@@ -155,7 +155,7 @@ struct Run: ParsableCommand {
             let ratio = r.kernel.map { $0 > 0 ? format(r.stack / $0) : "—" } ?? "—"
             print("| \(r.label) | \(r.metric) | \(k) | \(format(r.stack)) | \(ratio) |")
         }
-        print("\nrepetitions: \(reps) per side (median shown); ratios: for *_us and loss lower is better, for rates higher is better.")
+        print("\nrepetitions: \(reps) per side (median shown); ratios: for *_us and loss lower is better, for rates higher is better; — where the kernel's figure is 0 (no ratio).")
         if let json {
             var text = "{\n  \"repetitions\": \(reps),\n  \"quick\": \(quick),\n  \"results\": [\n"
             text += rows.map { r in
