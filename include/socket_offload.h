@@ -30,8 +30,16 @@ extern "C" {
 /* transport: 0 auto, 1 process-vm, 2 shared-memory. path NULL: the default. Before the first socket. */
 int sko_configure(const char *path, int transport);
 
-/* In a child after fork: forget the parent's sockets and session (call from the child only). */
-void sko_forget_after_fork(void);
+/* Sockets across fork (the preload library calls these from its fork and pthread_atfork hooks;
+ * a program calling fork itself does the same to share its sockets with the child):
+ * before fork, sko_before_fork() returns how many stack sockets the process holds; in the parent
+ * after fork, sko_after_fork_in_parent(child) tells the server that the child holds them too; in
+ * the child, sko_after_fork_in_child() keeps them usable (its first control request makes a session
+ * of its own that attaches them). A socket closes when every process holding it has closed it or
+ * exited. */
+int sko_before_fork(void);
+void sko_after_fork_in_parent(pid_t child);
+void sko_after_fork_in_child(void);
 
 /* The server path this process uses, into buf (NUL-terminated, truncated); returns its length. */
 size_t sko_server_path(char *buf, size_t size);

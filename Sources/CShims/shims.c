@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 // MARK: - Layout checks: both processes compile this header; these pin what they agree on.
@@ -175,4 +176,30 @@ int cshims_yama_ptrace_scope(void) {
     if (fscanf(f, "%d", &value) != 1) value = -1;
     fclose(f);
     return value;
+}
+
+int cshims_pidfd_open(pid_t pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+pid_t cshims_parent_pid(pid_t pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    /* "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it. */
+    char *end = strrchr(buf, ')');
+    int ppid = -1;
+    char state;
+    if (end == NULL || sscanf(end + 1, " %c %d", &state, &ppid) != 2) return -1;
+    return (pid_t)ppid;
 }

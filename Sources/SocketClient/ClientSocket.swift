@@ -80,7 +80,7 @@ class ClientSocket: @unchecked Sendable {
             timeout = Int32(min((deadline - now + 999_999) / 1_000_000, UInt64(Int32.max)))
         }
         var fds = [pollfd(fd: fd, events: events, revents: 0),
-                   pollfd(fd: connection.controlFD, events: POLLRDHUP_, revents: 0)]
+                   pollfd(fd: connection.liveControlFD, events: POLLRDHUP_, revents: 0)]
         let n = poll(&fds, 2, timeout)
         if n < 0 {
             if errno == EINTR { throw Errno(EINTR) }

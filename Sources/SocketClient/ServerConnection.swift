@@ -20,6 +20,11 @@ public final class ServerConnection: Sendable {
     public let path: String
     private let nextRequestID = Mutex<UInt32>(1)
     private let dead = Atomic<Bool>(false)
+    /// In a forked child: this is the parent's connection (its segment mapping stays, for the
+    /// inherited sockets); requests go to `successor`, the child's own connection, which attached
+    /// them (see ClientState.connection()).
+    private let abandoned = Atomic<Bool>(false)
+    private let successor = AtomicLazyReference<ServerConnection>()
 
     /// The server path used when none is given: `$SOCKET_SERVER_PATH`, else
     /// `$XDG_RUNTIME_DIR/socket-server.sock`, else `/tmp/socket-server-UID/socket`.
@@ -252,16 +257,42 @@ public final class ServerConnection: Sendable {
         watchdog.start()
     }
 
-    /// True once the server has gone away (every later call fails with ENETDOWN).
-    public var isDead: Bool { dead.load(ordering: .acquiring) }
+    /// True once the server has gone away (every later call fails with ENETDOWN). A connection
+    /// abandoned at fork answers for its successor, and is alive while it has none yet (the
+    /// inherited sockets' data path works without a session; the first request makes one).
+    public var isDead: Bool {
+        guard abandoned.load(ordering: .relaxed) else { return dead.load(ordering: .acquiring) }
+        return successor.load()?.isDead ?? false
+    }
 
-    func markDead() { dead.store(true, ordering: .releasing) }
+    func markDead() {
+        if abandoned.load(ordering: .relaxed) { successor.load()?.markDead() } else { dead.store(true, ordering: .releasing) }
+    }
 
-    /// In a child after fork: this copy of the connection is the parent's session. It is marked dead
-    /// and our copy of the control socket is replaced by /dev/null (the number stays valid for
-    /// `deinit`), so the child says nothing on the parent's session and does not keep it open.
+    /// The connection requests go to: this one, or for a connection abandoned at fork, its
+    /// successor (nil while there is none).
+    var current: ServerConnection? {
+        var c = self
+        while c.abandoned.load(ordering: .relaxed) {
+            guard let next = c.successor.load() else { return nil }
+            c = next
+        }
+        return c
+    }
+
+    /// The control socket to watch for the server's death (-1 while an abandoned connection has
+    /// no successor: poll ignores it).
+    var liveControlFD: Int32 { current?.controlFD ?? -1 }
+
+    /// Whether this connection was abandoned at a fork and still waits for a successor.
+    var awaitsSuccessor: Bool { abandoned.load(ordering: .relaxed) && current == nil }
+
+    /// In a child after fork: this copy of the connection is the parent's session. Our copy of
+    /// the control socket is replaced by /dev/null (the number stays valid for `deinit`), so the
+    /// child says nothing on the parent's session and does not keep it open; its segment mapping
+    /// stays for the sockets the child inherited, whose requests go to the successor.
     func abandonAfterFork() {
-        markDead()
+        abandoned.store(true, ordering: .relaxed)
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         if null >= 0 {
             _ = dup2(null, controlFD)
@@ -269,10 +300,21 @@ public final class ServerConnection: Sendable {
         }
     }
 
+    /// The child's own connection takes this abandoned one's requests.
+    func setSuccessor(_ connection: ServerConnection) {
+        _ = successor.storeIfNil(connection)
+    }
+
     /// Sends a request and waits for its reply.
     /// - Returns: the reply and the descriptors that came with it (the caller owns them).
     /// - Throws: ENETDOWN when the server is gone, EPROTO on a malformed reply.
     public func request(_ request: Request) throws(Errno) -> (Reply, [Int32]) {
+        if abandoned.load(ordering: .relaxed) {
+            // A forked child's first request on an inherited socket makes its own session.
+            if current == nil { _ = try ClientState.shared.connection() }
+            guard let live = current else { throw Errno(ENETDOWN) }
+            return try live.request(request)
+        }
         if isDead { throw Errno(ENETDOWN) }
         return try nextRequestID.withLock { id throws(Errno) -> (Reply, [Int32]) in
             id &+= 1
@@ -305,6 +347,7 @@ public final class ServerConnection: Sendable {
     /// Polls the control socket for the server's death without consuming anything.
     /// - Returns: true when the server is gone.
     func checkAlive() -> Bool {
+        if abandoned.load(ordering: .relaxed) { return current?.checkAlive() ?? true }
         if isDead { return false }
         var pfd = pollfd(fd: controlFD, events: POLLRDHUP_, revents: 0)
         if poll(&pfd, 1, 0) > 0, pfd.revents & (Int16(POLLHUP | POLLERR) | POLLRDHUP_) != 0 {

@@ -14,19 +14,38 @@ import Glibc
 final class ClientState: Sendable {
     static let shared = ClientState()
 
-    private let connectionState = Mutex<(path: String?, transport: DatagramTransport, connection: ServerConnection?)>((nil, .auto, nil))
+    private let connectionState = Mutex<(path: String?, transport: DatagramTransport, connection: ServerConnection?,
+                                         abandoned: ServerConnection?)>((nil, .auto, nil, nil))
     private let sockets = Mutex<[Int32: ClientSocket]>([:])
 
-    /// In a child after fork: the connection and the sockets are the parent's; forget them without a
-    /// word to the server. The next socket makes a session of this process's own.
-    func forgetAfterFork() {
-        let old = connectionState.withLock { state -> ServerConnection? in
-            let c = state.connection
-            state.connection = nil
-            return c
+    /// Before fork: a process holding sockets makes sure it has a live session that holds them (a
+    /// child that has not attached its inherited sockets yet does so now), so that it can hand
+    /// them on. - Returns: how many sockets the process holds.
+    func beforeFork() -> Int {
+        let count = sockets.withLock { $0.count }
+        if count > 0 { _ = try? connection() }
+        return count
+    }
+
+    /// In the parent after fork: the child holds every socket we hold (the server is told before
+    /// fork returns, so a close that follows cannot close the child's socket).
+    func afterFork(child: Int32) {
+        guard sockets.withLock({ !$0.isEmpty }), let c = connectionState.withLock({ $0.connection }), !c.isDead else { return }
+        _ = try? c.request(.forked(child: child))
+    }
+
+    /// In a child after fork: the connection is the parent's session. It is abandoned (our copy of
+    /// its control socket closed) but its segment mapping stays, and the sockets stay: their data
+    /// path works at once, and the first control request makes a session of our own that attaches
+    /// them (`connection()`).
+    func inheritAfterFork() {
+        connectionState.withLock { state in
+            if let c = state.connection {
+                c.abandonAfterFork()
+                state.abandoned = c
+                state.connection = nil
+            }
         }
-        old?.abandonAfterFork()
-        sockets.withLock { $0.removeAll() }
     }
 
     /// The path given to sko_configure, if any.
@@ -46,6 +65,12 @@ final class ClientState: Sendable {
         try connectionState.withLock { state throws(Errno) -> ServerConnection in
             if let c = state.connection, !c.isDead { return c }
             let c = try ServerConnection.connect(path: state.path, transport: state.transport)
+            if let abandoned = state.abandoned {
+                // A forked child's own session: it takes over the sockets the parent handed it.
+                _ = try? c.request(.attachInherited)
+                abandoned.setSuccessor(c)
+                state.abandoned = nil
+            }
             state.connection = c
             c.startWatchdog { dead in ClientState.shared.wakeSockets(of: dead) }
             return c
@@ -75,7 +100,7 @@ final class ClientState: Sendable {
 
     /// The server behind `connection` is gone: make every one of its sockets readable and writable.
     func wakeSockets(of connection: ServerConnection) {
-        let affected = sockets.withLock { $0.values.filter { $0.connection === connection } }
+        let affected = sockets.withLock { $0.values.filter { $0.connection.current === connection } }
         for s in affected { s.wakeForServerDeath() }
     }
 }
@@ -176,12 +201,26 @@ public func sko_server_path(_ buffer: UnsafeMutablePointer<CChar>?, _ size: Int)
     return bytes.count
 }
 
-/// Called in a child after fork (the preload library does, from pthread_atfork): the sockets this
-/// process inherited belong to its parent's session; the child forgets them (the parent keeps them
-/// working) and its next socket connects to the server as a client of its own.
-@_cdecl("sko_forget_after_fork")
-public func sko_forget_after_fork() {
-    ClientState.shared.forgetAfterFork()
+/// Called before fork (the preload library's `fork` does): returns how many stack sockets the
+/// process holds, after making sure its session holds them (see `sko_after_fork_in_parent`).
+@_cdecl("sko_before_fork")
+public func sko_before_fork() -> Int32 {
+    Int32(clamping: ClientState.shared.beforeFork())
+}
+
+/// Called in the parent after fork with the child's pid: the server learns that the child holds
+/// every stack socket the parent holds (each then closes only when both have closed it).
+@_cdecl("sko_after_fork_in_parent")
+public func sko_after_fork_in_parent(_ child: Int32) {
+    ClientState.shared.afterFork(child: child)
+}
+
+/// Called in the child after fork (the preload library does, from pthread_atfork): the stack
+/// sockets it inherited keep working; its first control request connects to the server as a
+/// client of its own, which attaches them.
+@_cdecl("sko_after_fork_in_child")
+public func sko_after_fork_in_child() {
+    ClientState.shared.inheritAfterFork()
 }
 
 /// Creates a socket in the stack. The corresponding C function is `socket`.

@@ -115,7 +115,9 @@ REAL_FUNCTIONS(DECLARE)
     X(sko_poll, int, (struct pollfd *, unsigned long, int)) \
     X(sko_close, int, (int)) \
     X(sko_server_path, size_t, (char *, size_t)) \
-    X(sko_forget_after_fork, void, (void))
+    X(sko_before_fork, int, (void)) \
+    X(sko_after_fork_in_parent, void, (pid_t)) \
+    X(sko_after_fork_in_child, void, (void))
 
 #define DECLARE_SKO(name, ret, args) static ret(*name##_p) args;
 SKO_FUNCTIONS(DECLARE_SKO)
@@ -192,7 +194,6 @@ enum {
     SOCKET = 1,
     ALIAS = 2,
     EPOLL_SET = 3, /* an epoll instance watching ours */
-    INHERITED = 4, /* in a child after fork: a descriptor of the parent's stack socket */
 };
 static _Atomic uint8_t *kinds;   /* per descriptor */
 static int *targets;             /* per descriptor: the socket's own descriptor (for an alias) */
@@ -236,31 +237,44 @@ static void after_fork_in_parent(void) {
     pthread_mutex_unlock(&table_lock);
 }
 
-/* In a child after fork: the stack sockets it inherited are its parent's. Their descriptors become
- * INHERITED: closing one closes the child's copy only (never the parent's socket); any other call
- * on one fails with EBADF and a one-line note (a pre-fork server's children cannot share a listener
- * yet). The child's next stack socket is a session of its own. */
+/* In a child after fork: the stack sockets it inherited stay its sockets, as the kernel's do (the
+ * parent told the server before fork returned, see fork below: each socket now closes when both
+ * have closed it). Their data path works at once; the child's first control request makes a
+ * session of its own that attaches them. Epoll sets are not shared: an inherited one becomes a
+ * plain kernel descriptor in the child (the child makes its own, as pre-fork servers do). */
 static void after_fork_in_child(void) {
     /* Our locks were taken in the prepare hook: the child's copies are released here. */
     pthread_mutex_unlock(&epoll_lock);
     pthread_mutex_unlock(&table_lock);
     if (!kinds) return;
     for (int fd = 0; fd < table_size; fd++) {
-        int k = atomic_load_explicit(&kinds[fd], memory_order_relaxed);
-        if (k == SOCKET || k == ALIAS) {
-            atomic_store_explicit(&kinds[fd], INHERITED, memory_order_relaxed);
-            references[fd] = 0;
-        } else if (k == EPOLL_SET) {
+        if (atomic_load_explicit(&kinds[fd], memory_order_relaxed) == EPOLL_SET)
             atomic_store_explicit(&kinds[fd], NOT_OURS, memory_order_relaxed);
-        }
     }
     epoll_sets = NULL; /* (the parent's; their memory stays with this copy of the heap) */
-    /* The session is the parent's even with no socket open now: always start afresh. */
-    if (sko_forget_after_fork_p) {
+    if (sko_after_fork_in_child_p) {
         depth++;
-        sko_forget_after_fork_p();
+        sko_after_fork_in_child_p();
         depth--;
     }
+}
+
+/* fork: the server learns, before fork returns to the parent, that the child holds every stack
+ * socket the parent holds, so a parent that closes its copy right away (a forking server) does not
+ * close the child's. (vfork and posix_spawn children share nothing: they exec or exit.) */
+pid_t fork(void) {
+    static pid_t (*real_fork)(void);
+    if (!real_fork) real_fork = (pid_t (*)(void))dlsym(RTLD_NEXT, "fork");
+    int holding = sko_before_fork_p ? SKO(sko_before_fork) : 0;
+    pid_t pid = real_fork();
+    if (pid > 0 && holding > 0) {
+        int e = errno;
+        depth++;
+        sko_after_fork_in_parent_p(pid);
+        depth--;
+        errno = e;
+    }
+    return pid;
 }
 
 __attribute__((constructor)) static void preload_init(void) {
@@ -279,7 +293,7 @@ static inline int kind_of(int fd) {
 /* The socket behind `fd` (the sko descriptor), or -1 when fd is not ours. */
 static inline int socket_of(int fd, void *caller) {
     int k = kind_of(fd);
-    if (k == NOT_OURS || k == EPOLL_SET || k == INHERITED || from_library(caller)) return -1;
+    if (k == NOT_OURS || k == EPOLL_SET || from_library(caller)) return -1;
     return k == SOCKET ? fd : targets[fd];
 }
 
@@ -370,21 +384,10 @@ int socketpair(int domain, int type, int protocol, int sv[2]) {
 
 #define ON_SOCKET(fd, call, fallback) do { \
         int s_ = socket_of(fd, __builtin_return_address(0)); \
-        if (s_ < 0) { \
-            if (kind_of(fd) == INHERITED) return inherited_call(); \
-            return fallback; \
-        } \
+        if (s_ < 0) return fallback; \
         return call; \
     } while (0)
 
-/* A call on a stack socket inherited across fork (see after_fork_in_child). */
-static int inherited_call(void) {
-    static atomic_int said;
-    if (!atomic_exchange(&said, 1))
-        fprintf(stderr, "socket-offload: a forked child cannot use the stack sockets it inherited (EBADF)\n");
-    errno = EBADF;
-    return -1;
-}
 
 /* Whether a socket call on stack socket `s` that a signal handler interrupted (EINTR) is to be
  * restarted, as signal(7) says: when the handler was installed with SA_RESTART, unless the socket
@@ -424,8 +427,6 @@ static int restarts(int s, int receiving) {
         w_; \
     })
 
-/* The calls that do not go through ON_SOCKET check for an inherited descriptor themselves. */
-#define REFUSE_INHERITED(fd) do { if (kind_of(fd) == INHERITED) return inherited_call(); } while (0)
 
 int bind(int fd, const struct sockaddr *a, socklen_t l) { ON_SOCKET(fd, SKO(sko_bind, s_, a, l), REAL(bind)(fd, a, l)); }
 int listen(int fd, int b) { ON_SOCKET(fd, SKO(sko_listen, s_, b), REAL(listen)(fd, b)); }
@@ -437,7 +438,6 @@ int getsockopt(int fd, int lv, int n, void *v, socklen_t *l) { ON_SOCKET(fd, SKO
 int setsockopt(int fd, int lv, int n, const void *v, socklen_t l) { ON_SOCKET(fd, SKO(sko_setsockopt, s_, lv, n, v, l), REAL(setsockopt)(fd, lv, n, v, l)); }
 
 static int accept_common(int fd, struct sockaddr *a, socklen_t *l, int flags, void *caller) {
-    REFUSE_INHERITED(fd);
     int s = socket_of(fd, caller);
     if (s < 0) return REAL(accept4)(fd, a, l, flags);
     int c = RESTARTING(s, 1, SKO(sko_accept4, s, a, l, flags));
@@ -470,7 +470,6 @@ ssize_t __recvfrom_chk(int fd, void *b, size_t n, size_t size, int f, struct soc
 }
 
 ssize_t readv(int fd, const struct iovec *v, int n) {
-    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(readv)(fd, v, n);
     struct msghdr m = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
@@ -478,7 +477,6 @@ ssize_t readv(int fd, const struct iovec *v, int n) {
 }
 
 ssize_t writev(int fd, const struct iovec *v, int n) {
-    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(writev)(fd, v, n);
     struct msghdr m = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)n};
@@ -486,7 +484,6 @@ ssize_t writev(int fd, const struct iovec *v, int n) {
 }
 
 int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int f) {
-    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(sendmmsg)(fd, v, n, f);
     unsigned int i = 0;
@@ -499,7 +496,6 @@ int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int f) {
 }
 
 int recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int f, struct timespec *t) {
-    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     if (s < 0) return REAL(recvmmsg)(fd, v, n, f, t);
     unsigned int i = 0;
@@ -558,8 +554,6 @@ int close(int fd) {
     if (s >= 0) return release(fd, s);
     int k = kind_of(fd);
     if (k == EPOLL_SET) forget_epoll_set(fd);
-    /* A child closing what it inherited closes its own copy only: the parent's socket lives on. */
-    if (k == INHERITED) atomic_store_explicit(&kinds[fd], NOT_OURS, memory_order_relaxed);
     return REAL(close)(fd);
 }
 
@@ -572,7 +566,6 @@ int close_range(unsigned int first, unsigned int last, int flags) {
             int k = kind_of((int)fd);
             if (k == SOCKET || k == ALIAS) close((int)fd);
             else if (k == EPOLL_SET) forget_epoll_set((int)fd);
-            else if (k == INHERITED) atomic_store_explicit(&kinds[fd], NOT_OURS, memory_order_relaxed);
             if (fd == UINT_MAX) break;
         }
     }
@@ -591,21 +584,18 @@ static int alias(int s, int newfd) {
 }
 
 int dup(int fd) {
-    REFUSE_INHERITED(fd);
     int s = socket_of(fd, __builtin_return_address(0));
     int n = REAL(dup)(fd);
     return (s < 0 || n < 0) ? n : alias(s, n);
 }
 
 static int dup_onto(int fd, int newfd, int flags, void *caller) {
-    REFUSE_INHERITED(fd);
     if (fd == newfd) { errno = EINVAL; return -1; } /* dup3's rule (dup2 does not come here) */
     if (REAL(fcntl)(fd, F_GETFD) < 0) return -1;      /* EBADF before newfd is touched */
     int s = socket_of(fd, caller);
     int t = socket_of(newfd, caller);
     if (t >= 0) release(newfd, t); /* dup2 closes newfd first */
     else if (kind_of(newfd) == EPOLL_SET) forget_epoll_set(newfd);
-    else if (kind_of(newfd) == INHERITED) atomic_store_explicit(&kinds[newfd], NOT_OURS, memory_order_relaxed);
     int n = REAL(dup3)(fd, newfd, flags);
     return (s < 0 || n < 0) ? n : alias(s, n);
 }

@@ -27,6 +27,19 @@ class ServerSocket {
     /// Socket options every kind keeps: SO_REUSEADDR etc. are applied to the pcb; these are ours.
     var pendingError: Int32 = 0
 
+    // Who holds the socket (see `Session+Inheritance.swift`). It lives in its own session's segment
+    // and closes when nobody holds it any more: not its session's app, no other session that
+    // attached it after a fork, no forked child that has not attached yet.
+    /// The own session's app holds it (it is in that session's table).
+    var heldByOwner = true
+    /// Other sessions (forked children) that attached it, by session id.
+    var sharedWith: [UInt64] = []
+    /// Forked children (pids) holding it without a session of their own yet.
+    var pendingChildren: [Int32] = []
+    var isHeld: Bool { heldByOwner || !sharedWith.isEmpty || !pendingChildren.isEmpty }
+    /// A connection a listener queued that no app has accepted yet (held by no app).
+    var awaitingAccept = false
+
     init(session: Session, handle: UInt32, domain: Int32, info: ChannelInfo, view: ChannelView, appEvent: EventFD, stackEvent: EventFD) throws(ServerError) {
         self.session = session
         self.handle = handle

@@ -20,10 +20,15 @@ final class Session {
     private(set) var segment: SharedSegment?
     private var allocator = SegmentAllocator(start: 0, size: 0)
     private(set) var transport: DatagramTransport = .sharedMemory
-    private(set) var sockets: [UInt32: ServerSocket] = [:]
+    /// The sockets this client's app holds, by handle (handles are unique across the server): its
+    /// own, and after a fork those it attached from its parent's session (see
+    /// `Session+Inheritance.swift`).
+    var sockets: [UInt32: ServerSocket] = [:]
+    /// Sockets of this session (channels in its segment) its app no longer holds but a forked
+    /// child still does: kept for the child, with their handles.
+    var heldElsewhere: [UInt32: ServerSocket] = [:]
     /// Connections the app closed that are still delivering queued data.
     private var closing: [TCPSocket] = []
-    private var nextHandle: UInt32 = 1
     private var malformed = 0
     /// Set once the client broke its segment: its session is closing (logged once).
     private var misbehaving = false
@@ -42,6 +47,9 @@ final class Session {
     var acceptRefusalLog = LogThrottle()
     private var malformedLog = LogThrottle()
     private(set) var isClosed = false
+    /// The client has gone but forked children still hold sockets in its segment: the session
+    /// keeps the segment (not the control socket) until they let go.
+    private(set) var isLingering = false
     var logger: Logger
 
     init(id: UInt64, fd: Int32, credentials: PeerCredentials, server: SocketServer) {
@@ -133,6 +141,10 @@ final class Session {
         case .accept(let handle, let flags):
             guard let listener = sockets[handle] else { return (.error(EBADF), [], true) }
             return acceptConnection(on: listener, flags: flags)
+        case .forked(let child):
+            return (forked(child: child), [], true)
+        case .attachInherited:
+            return (attachInherited(), [], true)
         default:
             guard let handle = request.handle, let socket = sockets[handle] else { return (.error(EBADF), [], true) }
             return (socket.handle(request), [], true)
@@ -206,7 +218,10 @@ final class Session {
             try TCPSocket(accepted: pcb, session: self, handle: info.handle, domain: domain, info: info, view: view,
                           appEvent: app, stackEvent: stack)
         }
-        return result.map { $0 as! TCPSocket }
+        return result.map {
+            $0.awaitingAccept = true
+            return $0 as! TCPSocket
+        }
     }
 
     /// Bytes of this client's segment one accepted connection takes.
@@ -216,19 +231,19 @@ final class Session {
     var segmentFree: Int { allocator.capacity - allocator.allocated }
 
     /// Sockets holding descriptors (the server's global budget counts them).
-    var socketCount: Int { sockets.count + closing.count }
+    var socketCount: Int { sockets.count + closing.count + heldElsewhere.count }
 
     /// Allocates a channel (shaped by `template`) and two eventfds, builds the socket with `build`,
     /// and registers it under a new handle.
     private func createSocket(_ template: ChannelInfo,
                               build: (ChannelInfo, ChannelView, EventFD, EventFD) throws(ServerError) -> ServerSocket) -> Result<ServerSocket, Errno> {
         guard let segment else { return .failure(Errno(ENOTCONN)) }
-        guard sockets.count + closing.count < server.configuration.maxSocketsPerClient else { return .failure(Errno(EMFILE)) }
+        guard socketCount < server.configuration.maxSocketsPerClient else { return .failure(Errno(EMFILE)) }
         if let refusal = server.socketBudgetError() { return .failure(Errno(refusal)) }
         var info = template
-        info.handle = nextHandle
         let layout = ChannelLayout(info)
         guard let offset = allocator.allocate(layout.size) else { return .failure(Errno(ENOBUFS)) }
+        info.handle = server.allocateHandle()
         info.offset = UInt64(offset)
         // Zero the headers and descriptor items; ring and slot bytes need not be (the client wrote
         // whatever is there, and each side only ever reads bytes its peer published).
@@ -240,11 +255,9 @@ final class Session {
             let socket = try build(info, view, appEvent, stackEvent)
             try server.loop.add(stackEvent.fd, token: token(info.handle))
             sockets[info.handle] = socket
-            repeat {
-                nextHandle = nextHandle == UInt32.max ? 1 : nextHandle + 1
-            } while sockets[nextHandle] != nil
             return .success(socket)
         } catch {
+            server.releaseHandle(info.handle)
             allocator.release(offset, layout.size)
             logger.warning("cannot create socket: \(error)")
             return .failure(Errno((error as? SharedError)?.errno?.rawValue ?? ENOMEM))
@@ -253,18 +266,45 @@ final class Session {
 
     private func acceptConnection(on socket: ServerSocket, flags: Int32) -> (Reply, [Int32], keepOpen: Bool) {
         guard let listener = socket as? TCPSocket, listener.role == .listener else { return (.error(EINVAL), [], true) }
+        // The queued connections live in the listener's session (another one when this client
+        // attached the listener after a fork): the one accepted moves to this session's table.
+        let owner = listener.session
         while let handle = listener.takePendingConnection() {
-            guard let connection = sockets[handle] as? TCPSocket else { continue }
+            guard let connection = owner.sockets[handle] as? TCPSocket else { continue }
+            connection.awaitingAccept = false
+            if owner !== self { owner.handOver(connection, to: self) }
             let peer = connection.peerAddress ?? .unspecified
             return (.accepted(connection.info, peer: peer), [connection.appEvent.fd, connection.stackEvent.fd], true)
         }
         return (.error(EAGAIN), [], true)
     }
 
-    /// The app closed `handle`. A TCP connection with queued data keeps draining (in `closing`)
-    /// until its FIN is sent; everything else is released at once.
+    /// The app closed `handle`. The socket closes when nobody else holds it (a forked child):
+    /// see `finalClose`.
     func closeSocket(_ handle: UInt32) {
         guard let socket = sockets.removeValue(forKey: handle) else { return }
+        letGo(socket)
+        if socket.isHeld {
+            if socket.session === self { heldElsewhere[handle] = socket }
+            return
+        }
+        socket.session.finalClose(socket)
+    }
+
+    /// This session's app no longer holds `socket` (it stays in no table of ours).
+    private func letGo(_ socket: ServerSocket) {
+        if socket.session === self {
+            socket.heldByOwner = false
+        } else {
+            socket.sharedWith.removeAll { $0 == id }
+        }
+    }
+
+    /// Closes one of this session's sockets that nobody holds any more. A TCP connection with
+    /// queued data keeps draining (in `closing`) until its FIN is sent; everything else is released
+    /// at once.
+    func finalClose(_ socket: ServerSocket) {
+        heldElsewhere.removeValue(forKey: socket.handle)
         server.loop.remove(socket.stackEvent.fd)
         if let tcp = socket as? TCPSocket {
             // Connections nobody accepted are reset, as the kernel does.
@@ -275,6 +315,7 @@ final class Session {
             }
         }
         releaseChannel(of: socket)
+        endLingeringIfDone()
     }
 
     /// Resets and releases a connection a listener queued that the app never accepted.
@@ -288,18 +329,20 @@ final class Session {
         guard let i = closing.firstIndex(where: { $0 === socket }) else { return }
         closing.remove(at: i)
         releaseChannel(of: socket)
+        endLingeringIfDone()
     }
 
     private func releaseChannel(of socket: ServerSocket) {
         if let tcp = socket as? TCPSocket, let connector = tcp.acceptedFrom { uncharge(connector) }
         if !misbehaving { socket.flushBeforeRelease() }
         socket.release()
+        server.releaseHandle(socket.handle)
         allocator.release(Int(socket.info.offset), socket.view.layout.size)
     }
 
     /// The app signalled a socket's stack eventfd.
     func serviceSocket(_ handle: UInt32) {
-        guard let socket = sockets[handle] else { return }
+        guard let socket = sockets[handle] ?? heldElsewhere[handle], socket.session === self else { return }
         do {
             try socket.serviceStackEvent()
         } catch {
@@ -331,23 +374,51 @@ final class Session {
         server.scheduleClose(self)
     }
 
-    /// Releases every socket, the segment and the control socket.
-    func close() {
+    /// Releases every socket, the segment and the control socket. When forked children still hold
+    /// sockets of this session, it lingers instead (segment kept, control socket closed) and is
+    /// closed again, for good, when the last of them is released.
+    /// - Parameter force: release everything even if forked children hold sockets (the server stops).
+    func close(force: Bool = false) {
         guard !isClosed else { return }
+        if !isLingering {
+            // The client is gone: what nobody else holds is released at once (connections reset:
+            // peers see it); sockets it attached from another session are left to their holders.
+            for (_, socket) in sockets {
+                letGo(socket)
+                if socket.isHeld {
+                    if socket.session === self { heldElsewhere[socket.handle] = socket }
+                } else if socket.session === self {
+                    server.loop.remove(socket.stackEvent.fd)
+                    releaseChannel(of: socket)
+                } else {
+                    socket.session.finalClose(socket)
+                }
+            }
+            sockets.removeAll()
+            server.loop.remove(fd)
+            Glibc.close(fd)
+            if !heldElsewhere.isEmpty && !force {
+                isLingering = true
+                logger.info("client disconnected; \(heldElsewhere.count) of its sockets stay open for the processes it forked")
+                return
+            }
+        }
         isClosed = true
-        // The client is gone: its connections are reset (peers see it), everything is released.
         for socket in closing { releaseChannel(of: socket) }
         closing.removeAll()
-        for (_, socket) in sockets {
+        for (_, socket) in heldElsewhere {
             server.loop.remove(socket.stackEvent.fd)
             releaseChannel(of: socket)
         }
-        sockets.removeAll()
+        heldElsewhere.removeAll()
         server.quarantine(quarantined, of: credentials.pid)
         quarantined.removeAll()
-        server.loop.remove(fd)
-        Glibc.close(fd)
-        if segment != nil { logger.info("client disconnected") }
+        if segment != nil { logger.info(isLingering ? "the last socket its forked processes held is closed" : "client disconnected") }
         segment = nil
+    }
+
+    /// A lingering session whose last socket held elsewhere has closed ends now.
+    private func endLingeringIfDone() {
+        if isLingering && heldElsewhere.isEmpty && closing.isEmpty { server.scheduleClose(self) }
     }
 }

@@ -25,7 +25,14 @@ public final class SocketServer {
     let loop: EventLoop
     private var listenFD: Int32 = -1
     private var signalFD: Int32 = -1
-    private var sessions: [UInt64: Session] = [:]
+    /// Every session, lingering ones too (see `Session+Inheritance.swift`).
+    private(set) var sessions: [UInt64: Session] = [:]
+    /// Forked children holding sockets, by pid (see `Session+Inheritance.swift`).
+    var inheritance: [Int32: Inheritance] = [:]
+    /// Socket handles in use: unique across the server, so a socket keeps its handle in every
+    /// session that holds it.
+    private var liveHandles = Set<UInt32>()
+    private var nextHandle: UInt32 = 1
     private var nextSessionID: UInt64 = 1
     private var pendingCloses: [Session] = []
     private var numaNode: Int32 = -1
@@ -71,6 +78,8 @@ public final class SocketServer {
     /// Quarantined buffers of ended process-vm sessions: quarantineToken + n (see
     /// `SocketServer+Quarantine.swift`).
     static let quarantineToken: UInt64 = 1 << 24
+    /// Watched forked children: childToken + pid (their pidfds).
+    static let childToken: UInt64 = 1 << 31
     var quarantines: [UInt64: Quarantine] = [:]
     var nextQuarantine: UInt64 = 0
     /// Client processes that broke a process-vm session: shared memory for them until they exit.
@@ -258,8 +267,8 @@ public final class SocketServer {
             if spin > 0 { lastWork = monotonicNanoseconds() }
             Stack.withLock {
                 for (token, flags) in events { dispatch(token, flags) }
-                for session in pendingCloses { end(session) }
-                pendingCloses.removeAll()
+                // (Ending one may schedule another: a lingering session its last holder let go.)
+                while !pendingCloses.isEmpty { end(pendingCloses.removeFirst()) }
             }
         }
         shutdown()
@@ -283,8 +292,10 @@ public final class SocketServer {
             timerFired()
         case Self.tapToken..<(Self.tapToken + UInt64(taps.count)):
             taps[Int(token - Self.tapToken)].receive()
-        case Self.quarantineToken..<(1 << 32):
+        case Self.quarantineToken..<Self.childToken:
             releaseQuarantine(token)
+        case Self.childToken..<(1 << 32):
+            childExited(Int32(bitPattern: UInt32(token - Self.childToken)))
         default:
             guard let session = sessions[token >> 32], !session.isClosed else { return }
             let handle = UInt32(truncatingIfNeeded: token)
@@ -403,7 +414,8 @@ public final class SocketServer {
 
     /// Whether a client slot is free (`--max-clients` counts sessions past HELLO); logs a refusal.
     private func hasClientSlot(for pid: Int32) -> Bool {
-        guard sessions.count - pending.count >= configuration.maxClients else { return true }
+        let lingering = sessions.values.reduce(0) { $0 + ($1.isLingering ? 1 : 0) }
+        guard sessions.count - pending.count - lingering >= configuration.maxClients else { return true }
         if let held = refusalLog.admit() {
             logger.warning("refusing client pid \(pid): --max-clients \(configuration.maxClients) reached\(Self.more(held))")
         }
@@ -490,12 +502,24 @@ public final class SocketServer {
         return ENFILE
     }
 
+    /// A handle no socket uses.
+    func allocateHandle() -> UInt32 {
+        while liveHandles.contains(nextHandle) || nextHandle == 0 { nextHandle &+= 1 }
+        let handle = nextHandle
+        liveHandles.insert(handle)
+        nextHandle &+= 1
+        return handle
+    }
+
+    func releaseHandle(_ handle: UInt32) { liveHandles.remove(handle) }
+
     func scheduleClose(_ session: Session) {
         if !pendingCloses.contains(where: { $0 === session }) { pendingCloses.append(session) }
     }
 
     private func end(_ session: Session) {
         session.close()
+        guard session.isClosed else { return } // lingering: forked children hold its sockets
         sessions.removeValue(forKey: session.id)
         if pending.removeValue(forKey: session.id) != nil, listenerPaused, pending.count < configuration.maxPendingClients {
             resumeListener()
@@ -504,8 +528,10 @@ public final class SocketServer {
 
     private func shutdown() {
         Stack.withLock {
-            for session in sessions.values { session.close() }
+            for session in sessions.values { session.close(force: true) }
             sessions.removeAll()
+            for (_, record) in inheritance { close(record.pidfd) }
+            inheritance.removeAll()
         }
         loop.remove(listenFD)
         close(listenFD)

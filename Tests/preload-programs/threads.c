@@ -66,7 +66,8 @@ int main(int argc, char **argv) {
     alarm(30); /* never outlive a test that gave up on us */
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int l = socket(AF_INET, SOCK_STREAM, 0);
+    int l = socket(AF_INET, SOCK_STREAM, 0), on = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on); /* (an earlier run's TIME_WAIT) */
     if (bind(l, (void *)&a, sizeof a) || listen(l, 4)) { perror("listen"); return 2; }
     client = socket(AF_INET, SOCK_STREAM, 0);
     if (connect(client, (void *)&a, sizeof a)) { perror("connect"); return 2; }

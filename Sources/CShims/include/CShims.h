@@ -230,6 +230,13 @@ ssize_t cshims_process_vm_writev(pid_t pid, const struct iovec *local, unsigned 
 /// Value of /proc/sys/kernel/yama/ptrace_scope, or -1 when Yama is absent.
 int cshims_yama_ptrace_scope(void);
 
+/// A pidfd for `pid` (pidfd_open(2), close-on-exec): readable once the process has exited.
+/// Returns -1 with errno (ESRCH: no such process) on failure.
+int cshims_pidfd_open(pid_t pid);
+
+/// The parent of `pid` as /proc/PID/stat gives it, or -1 when the process is gone.
+pid_t cshims_parent_pid(pid_t pid);
+
 // MARK: - Test patterns (used by tests, examples and the benchmark to verify payloads fast)
 
 /// Fills `len` bytes with the deterministic pattern of a stream at byte position `position` under

@@ -16,12 +16,17 @@
 /// segment's memfd), all by `SCM_RIGHTS`. Messages are bounded by `maximumSize`.
 public struct ControlMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x544B_4353
-    public static let version: UInt16 = 1
+    /// 2: handles are unique across the server (a socket keeps its handle in every session that
+    /// holds it); a forked child attaches its parent's sockets (`forked`, `attachInherited`); a
+    /// program adopts the sockets its old image kept across exec (`execing`, `adopt`).
+    public static let version: UInt16 = 2
     public static let headerSize = 16
     /// No valid message is longer; receivers read with a buffer one byte larger to detect oversize.
     public static let maximumSize = 512
     /// Upper bound of an option value carried by getsockopt/setsockopt.
     public static let maximumOptionLength = 256
+    /// Upper bound of the handles one `execing` message carries.
+    public static let maximumExecHandles = 100
 
     public var requestID: UInt32
     public var payload: Payload
@@ -141,14 +146,27 @@ public enum Request: Equatable, Sendable {
     case getsockopt(handle: UInt32, level: Int32, name: Int32, maxLength: UInt32)
     case setsockopt(handle: UInt32, level: Int32, name: Int32, value: [UInt8])
     case ioctl(handle: UInt32, request: UInt32, argument: UInt64)
+    /// The client forked `child` (its pid): every socket it holds now is held by the child too,
+    /// until the child closes it, attaches it (`attachInherited`) or exits.
+    case forked(child: Int32)
+    /// A forked child's first request on its own session: take over, under their handles, the
+    /// sockets its parent held when it forked. The reply's value is how many.
+    case attachInherited
+    /// The client is about to exec: these sockets (descriptors without FD_CLOEXEC) are to be held
+    /// for the program it becomes (same pid), which adopts them (`adopt`); the rest close when the
+    /// session ends, in an orderly way (FIN after queued data) as the kernel's close-on-exec does.
+    /// At most `maximumExecHandles` per message (a client with more sends several).
+    case execing(keep: [UInt32])
+    /// After exec: take socket `handle`, held for this process since its old image's `execing`.
+    case adopt(handle: UInt32)
 
     /// The socket a request is about, if any.
     public var handle: UInt32? {
         switch self {
-        case .hello, .socket: return nil
+        case .hello, .socket, .forked, .attachInherited, .execing: return nil
         case .bind(let h, _), .listen(let h, _), .accept(let h, _), .connect(let h, _), .shutdown(let h, _),
              .close(let h), .getsockname(let h), .getpeername(let h), .getsockopt(let h, _, _, _),
-             .setsockopt(let h, _, _, _), .ioctl(let h, _, _):
+             .setsockopt(let h, _, _, _), .ioctl(let h, _, _), .adopt(let h):
             return h
         }
     }
@@ -164,11 +182,14 @@ public enum Reply: Equatable, Sendable {
     case accepted(ChannelInfo, peer: SocketAddress)
     case address(SocketAddress)
     case option([UInt8])
+    /// `adopt`: the socket's channel, in the segment of session `owner` (sent as its memfd, after
+    /// the stack eventfd; map it once per owner), its family and type, and whether it listens.
+    case adopted(ChannelInfo, domain: Int32, type: Int32, listening: Bool, owner: UInt64)
 
     public var descriptorCount: Int {
         switch self {
         case .hello: return 1
-        case .socket, .accepted: return 2
+        case .socket, .accepted, .adopted: return 2
         default: return 0
         }
     }
@@ -204,8 +225,8 @@ public enum ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
 /// Wire type codes. Replies have the high bit set.
 enum MessageType: UInt16 {
     case hello = 0x0001, socket, bind, listen, accept, connect, shutdown, close, getsockname, getpeername,
-         getsockopt, setsockopt, ioctl
-    case replyError = 0x8001, replyOK, replyHello, replySocket, replyAccepted, replyAddress, replyOption
+         getsockopt, setsockopt, ioctl, forked, attachInherited, execing, adopt
+    case replyError = 0x8001, replyOK, replyHello, replySocket, replyAccepted, replyAddress, replyOption, replyAdopted
 }
 
 extension ControlMessage {
@@ -256,6 +277,18 @@ extension ControlMessage {
             case .ioctl(let h, let request, let argument):
                 type = .ioctl
                 body.u32(h); body.u32(request); body.u64(argument)
+            case .forked(let child):
+                type = .forked
+                body.i32(child)
+            case .attachInherited:
+                type = .attachInherited
+            case .execing(let keep):
+                type = .execing
+                body.u16(UInt16(clamping: keep.count))
+                for h in keep.prefix(Self.maximumExecHandles) { body.u32(h) }
+            case .adopt(let h):
+                type = .adopt
+                body.u32(h)
             }
         case .reply(let reply):
             switch reply {
@@ -282,6 +315,10 @@ extension ControlMessage {
             case .option(let value):
                 type = .replyOption
                 body.u16(UInt16(clamping: value.count)); body.raw(value)
+            case .adopted(let info, let domain, let kind, let listening, let owner):
+                type = .replyAdopted
+                Self.encode(info, into: &body)
+                body.i32(domain); body.i32(kind); body.u8(listening ? 1 : 0); body.u64(owner)
             }
         }
         var out = WireWriter(capacity: Self.headerSize + body.bytes.count)
@@ -369,6 +406,18 @@ extension ControlMessage {
             payload = .request(.setsockopt(handle: h, level: level, name: name, value: try decodeValue(&r)))
         case .ioctl:
             payload = .request(.ioctl(handle: try r.u32(), request: try r.u32(), argument: try r.u64()))
+        case .forked:
+            payload = .request(.forked(child: try r.i32()))
+        case .attachInherited:
+            payload = .request(.attachInherited)
+        case .execing:
+            let count = Int(try r.u16())
+            guard count <= maximumExecHandles else { throw .invalidValue("handle count \(count)") }
+            var keep: [UInt32] = []
+            for _ in 0..<count { keep.append(try r.u32()) }
+            payload = .request(.execing(keep: keep))
+        case .adopt:
+            payload = .request(.adopt(handle: try r.u32()))
         case .replyError:
             payload = .reply(.error(try r.i32()))
         case .replyOK:
@@ -385,6 +434,11 @@ extension ControlMessage {
             payload = .reply(.address(try r.address()))
         case .replyOption:
             payload = .reply(.option(try decodeValue(&r)))
+        case .replyAdopted:
+            let info = try decodeChannel(&r)
+            let domain = try r.i32(), kind = try r.i32(), listening = try r.u8()
+            guard listening <= 1 else { throw .invalidValue("listening flag \(listening)") }
+            payload = .reply(.adopted(info, domain: domain, type: kind, listening: listening == 1, owner: try r.u64()))
         }
         try r.finish()
         return ControlMessage(requestID: requestID, payload: payload)
