@@ -20,6 +20,7 @@
 
 #include <poll.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -40,6 +41,17 @@ int sko_configure(const char *path, int transport);
 int sko_before_fork(void);
 void sko_after_fork_in_parent(pid_t child);
 void sko_after_fork_in_child(void);
+
+/* Sockets across exec (the preload library calls these from its exec functions and, in the new
+ * program, from its constructor): sko_before_exec takes the descriptors that survive the exec
+ * (no FD_CLOEXEC) and the socket descriptor behind each, has the server hold those sockets for the
+ * new program, and writes the SOCKET_OFFLOAD_EXEC=... environment entry that names them (returns
+ * its length, 0 when nothing is kept). sko_after_failed_exec undoes it when the exec fails. In the
+ * new program, sko_adopt_after_exec registers one socket descriptor of that entry (FD, HANDLE,
+ * NONBLOCKING, MEMFD): the socket is adopted on first use. */
+size_t sko_before_exec(const int *fds, const int *sockets, size_t count, char *entry, size_t size);
+void sko_after_failed_exec(void);
+void sko_adopt_after_exec(int fd, uint32_t handle, int nonblocking, int memfd);
 
 /* The server path this process uses, into buf (NUL-terminated, truncated); returns its length. */
 size_t sko_server_path(char *buf, size_t size);

@@ -111,6 +111,18 @@ public final class ServerConnection: Sendable {
         }
     }
 
+    /// After exec: the segment (mapped from the memfd the old image left open) of sockets this
+    /// program adopted. It has no control socket of its own: its requests go to `successor`, the
+    /// program's own connection.
+    init(adoptedSegment segment: SharedSegment, successor: ServerConnection) {
+        self.path = successor.path
+        self.info = successor.info
+        self.segment = segment
+        controlFD = -1
+        abandoned.store(true, ordering: .relaxed)
+        self.successor.storeIfNil(successor)
+    }
+
     /// `connect(2)` bounded by `deadline` (a full listen backlog makes it wait; SO_SNDTIMEO bounds that).
     /// - Throws: connect's errno (ENOENT, ECONNREFUSED, ...), ETIMEDOUT at the deadline.
     private static func connect(_ fd: Int32, to path: String, deadline: UInt64) throws(Errno) {
@@ -237,7 +249,7 @@ public final class ServerConnection: Sendable {
         return nil
     }
 
-    deinit { close(controlFD) }
+    deinit { if controlFD >= 0 { close(controlFD) } }
 
     /// Watches the control socket from a thread of its own and, when the server goes away, wakes
     /// every socket of this connection: their descriptors turn readable and writable, so an

@@ -14,39 +14,17 @@ import Glibc
 final class ClientState: Sendable {
     static let shared = ClientState()
 
-    private let connectionState = Mutex<(path: String?, transport: DatagramTransport, connection: ServerConnection?,
-                                         abandoned: ServerConnection?)>((nil, .auto, nil, nil))
-    private let sockets = Mutex<[Int32: ClientSocket]>([:])
-
-    /// Before fork: a process holding sockets makes sure it has a live session that holds them (a
-    /// child that has not attached its inherited sockets yet does so now), so that it can hand
-    /// them on. - Returns: how many sockets the process holds.
-    func beforeFork() -> Int {
-        let count = sockets.withLock { $0.count }
-        if count > 0 { _ = try? connection() }
-        return count
-    }
-
-    /// In the parent after fork: the child holds every socket we hold (the server is told before
-    /// fork returns, so a close that follows cannot close the child's socket).
-    func afterFork(child: Int32) {
-        guard sockets.withLock({ !$0.isEmpty }), let c = connectionState.withLock({ $0.connection }), !c.isDead else { return }
-        _ = try? c.request(.forked(child: child))
-    }
-
-    /// In a child after fork: the connection is the parent's session. It is abandoned (our copy of
-    /// its control socket closed) but its segment mapping stays, and the sockets stay: their data
-    /// path works at once, and the first control request makes a session of our own that attaches
-    /// them (`connection()`).
-    func inheritAfterFork() {
-        connectionState.withLock { state in
-            if let c = state.connection {
-                c.abandonAfterFork()
-                state.abandoned = c
-                state.connection = nil
-            }
-        }
-    }
+    /// `abandoned`: in a forked child, the parent's connection until the child's own one attaches
+    /// its sockets (see ProcessInheritance.swift).
+    let connectionState = Mutex<(path: String?, transport: DatagramTransport, connection: ServerConnection?,
+                                 abandoned: ServerConnection?)>((nil, .auto, nil, nil))
+    let sockets = Mutex<[Int32: ClientSocket]>([:])
+    /// After exec: descriptors whose sockets the old image kept, adopted on first use.
+    let adoptable = Mutex<[Int32: ExecInheritance]>([:])
+    /// After exec: the mappings of the segments of adopted sockets, by memfd.
+    let adoptedSegments = Mutex<[Int32: ServerConnection]>([:])
+    /// Before exec: the memfds left open for the new program (closed on exec again if it fails).
+    let execMemfds = Mutex<[Int32]>([])
 
     /// The path given to sko_configure, if any.
     var configuredPath: String? { connectionState.withLock { $0.path } }
@@ -80,10 +58,11 @@ final class ClientState: Sendable {
     /// The socket behind `fd`, whatever the state of its connection.
     /// - Throws: EBADF for a descriptor that is not one of ours.
     func lookup(_ fd: Int32) throws(Errno) -> ClientSocket {
+        if let s = sockets.withLock({ $0[fd] }) { return s }
+        if let s = try adopt(fd) { return s }
         // Not one of ours: ENOTSOCK for an open descriptor (a file, a pipe...), as the kernel
         // says for a descriptor that is not a socket; EBADF for a closed one.
-        guard let s = sockets.withLock({ $0[fd] }) else { throw Errno(fcntl(fd, F_GETFD) < 0 ? EBADF : ENOTSOCK) }
-        return s
+        throw Errno(fcntl(fd, F_GETFD) < 0 ? EBADF : ENOTSOCK)
     }
 
     /// The socket behind `fd`, on a live connection.
@@ -199,28 +178,6 @@ public func sko_server_path(_ buffer: UnsafeMutablePointer<CChar>?, _ size: Int)
         buffer[n] = 0
     }
     return bytes.count
-}
-
-/// Called before fork (the preload library's `fork` does): returns how many stack sockets the
-/// process holds, after making sure its session holds them (see `sko_after_fork_in_parent`).
-@_cdecl("sko_before_fork")
-public func sko_before_fork() -> Int32 {
-    Int32(clamping: ClientState.shared.beforeFork())
-}
-
-/// Called in the parent after fork with the child's pid: the server learns that the child holds
-/// every stack socket the parent holds (each then closes only when both have closed it).
-@_cdecl("sko_after_fork_in_parent")
-public func sko_after_fork_in_parent(_ child: Int32) {
-    ClientState.shared.afterFork(child: child)
-}
-
-/// Called in the child after fork (the preload library does, from pthread_atfork): the stack
-/// sockets it inherited keep working; its first control request connects to the server as a
-/// client of its own, which attaches them.
-@_cdecl("sko_after_fork_in_child")
-public func sko_after_fork_in_child() {
-    ClientState.shared.inheritAfterFork()
 }
 
 /// Creates a socket in the stack. The corresponding C function is `socket`.

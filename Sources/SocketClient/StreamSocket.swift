@@ -45,6 +45,9 @@ final class StreamSocket: ClientSocket, @unchecked Sendable {
         if view.events & CSHIMS_EV_CONNECTED != 0 { state.withLock { $0 = .connected } }
     }
 
+    /// After exec: the old image's socket was listening.
+    func adoptListening() { state.withLock { $0 = .listening } }
+
     /// The current state, advanced from `.connecting` by the server's event bits.
     private func currentState() -> State {
         state.withLock { s in

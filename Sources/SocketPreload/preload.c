@@ -19,6 +19,7 @@
  */
 #include "socket_offload_preload.h"
 
+#include <alloca.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -117,7 +118,10 @@ REAL_FUNCTIONS(DECLARE)
     X(sko_server_path, size_t, (char *, size_t)) \
     X(sko_before_fork, int, (void)) \
     X(sko_after_fork_in_parent, void, (pid_t)) \
-    X(sko_after_fork_in_child, void, (void))
+    X(sko_after_fork_in_child, void, (void)) \
+    X(sko_before_exec, size_t, (const int *, const int *, size_t, char *, size_t)) \
+    X(sko_after_failed_exec, void, (void)) \
+    X(sko_adopt_after_exec, void, (int, uint32_t, int, int))
 
 #define DECLARE_SKO(name, ret, args) static ret(*name##_p) args;
 SKO_FUNCTIONS(DECLARE_SKO)
@@ -186,6 +190,8 @@ static inline int from_library(void *caller) {
 
 /* Calls an sko_* function with the depth counter held, keeping its errno. */
 #define SKO(name, ...) ({ depth++; __typeof__(name##_p(__VA_ARGS__)) r_ = name##_p(__VA_ARGS__); int e_ = errno; depth--; errno = e_; r_; })
+/* The same for the functions that return nothing. */
+#define SKO_VOID(name, ...) do { depth++; name##_p(__VA_ARGS__); int e_ = errno; depth--; errno = e_; } while (0)
 
 /* ---------------------------------------------------------------- the descriptor table */
 
@@ -242,7 +248,10 @@ static void after_fork_in_parent(void) {
  * have closed it). Their data path works at once; the child's first control request makes a
  * session of its own that attaches them. Epoll sets are not shared: an inherited one becomes a
  * plain kernel descriptor in the child (the child makes its own, as pre-fork servers do). */
+static pid_t image_pid; /* the process this image runs as (a vfork child shares our memory, not our pid) */
+
 static void after_fork_in_child(void) {
+    image_pid = getpid();
     /* Our locks were taken in the prepare hook: the child's copies are released here. */
     pthread_mutex_unlock(&epoll_lock);
     pthread_mutex_unlock(&table_lock);
@@ -269,19 +278,21 @@ pid_t fork(void) {
     pid_t pid = real_fork();
     if (pid > 0 && holding > 0) {
         int e = errno;
-        depth++;
-        sko_after_fork_in_parent_p(pid);
-        depth--;
+        SKO_VOID(sko_after_fork_in_parent, pid);
         errno = e;
     }
     return pid;
 }
 
+static void adopt_from_environment(void);
+
 __attribute__((constructor)) static void preload_init(void) {
 #define RESOLVE(name, ret, args) REAL(name);
     REAL_FUNCTIONS(RESOLVE)
     table_init();
+    image_pid = getpid();
     pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+    adopt_from_environment();
 }
 
 static inline int kind_of(int fd) {
@@ -796,11 +807,17 @@ int pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *t,
  * until EPOLL_CTL_MOD). An edge is a wanted bit that was not there at the last look, or more bytes
  * to read than then (FIONREAD): new data on a stream that was readable already is an edge, as in
  * the kernel; a datagram behind another one is not seen as one (FIONREAD is the first's size).
+ *
+ * A set of ours inside another set (nesting): the inner set is a member of the outer one's list
+ * (`socket` -1, `fd` the inner epoll descriptor), ready when one of its stack sockets is ready for
+ * what it watches (an edge-triggered one only with an edge not yet reported) or its kernel part is
+ * readable; the outer set sleeps on the inner set's stack sockets and descriptor too. One level of
+ * ours: an inner set's own inner sets count through their kernel part only.
  */
 
 struct watched { int fd; int socket; uint32_t events; epoll_data_t data; short last; int armed; int readable; };
-/* `wake`: an eventfd in the set's kernel part, written on every change of ours, so that a thread
- * already waiting looks again at the set (an EPOLL_CTL_ADD from an acceptor thread, a ONESHOT
+/* `wake`: an eventfd in the set's kernel part, written on every change of ours while a thread
+ * waits, so that it looks again at the set (an EPOLL_CTL_ADD from an acceptor thread, a ONESHOT
  * re-armed by a worker). Its events are never returned. */
 /* `users`: threads inside epoll_wait on the set; a set closed meanwhile (`dead`) is freed by the
  * last of them. `cursor`: where the next look starts (fairness when more are ready than asked). */
@@ -814,6 +831,15 @@ struct epoll_set {
 
 static void forget_epoll_set(int epfd) {
     pthread_mutex_lock(&epoll_lock);
+    /* Closed, it leaves the sets it was a member of (nesting), as the kernel's does. */
+    for (struct epoll_set *o = epoll_sets; o; o = o->next) {
+        pthread_mutex_lock(&o->lock);
+        for (int i = 0; i < o->count;) {
+            if (o->items[i].socket < 0 && o->items[i].fd == epfd) o->items[i] = o->items[--o->count];
+            else i++;
+        }
+        pthread_mutex_unlock(&o->lock);
+    }
     for (struct epoll_set **l = &epoll_sets; *l; l = &(*l)->next) {
         if ((*l)->epfd != epfd) continue;
         struct epoll_set *e = *l;
@@ -866,9 +892,13 @@ _Static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLPRI == POLLPRI &
 static short poll_events(uint32_t ev) { return (short)(ev & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI)); }
 static uint32_t epoll_bits(short re) { return (uint32_t)re & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP); }
 
+static int contains_set(int outer, int inner);
+
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     int s = socket_of(fd, __builtin_return_address(0));
-    if (s < 0) return REAL(epoll_ctl)(epfd, op, fd, ev);
+    int nested = s < 0 && kind_of(fd) == EPOLL_SET && fd != epfd && !from_library(__builtin_return_address(0));
+    if (s < 0 && !nested) return REAL(epoll_ctl)(epfd, op, fd, ev);
+    if (nested && op == EPOLL_CTL_ADD && contains_set(fd, epfd)) { errno = ELOOP; return -1; }
     struct epoll_set *e = epoll_set_of(epfd, op == EPOLL_CTL_ADD);
     if (!e) {
         if (op != EPOLL_CTL_ADD) errno = ENOENT;
@@ -905,7 +935,12 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
         rc = -1;
     }
     pthread_mutex_unlock(&e->lock);
-    if (rc == 0) {
+    /* Only a thread already waiting needs the wake-up (a later one reads the list afresh); so
+     * the set's kernel part, which an outer set polls, is not left readable for nothing. */
+    pthread_mutex_lock(&epoll_lock);
+    int waiting = e->users > 0;
+    pthread_mutex_unlock(&epoll_lock);
+    if (rc == 0 && waiting) {
         uint64_t one = 1;
         ssize_t w = REAL(write)(e->wake, &one, sizeof one);
         (void)w;
@@ -954,46 +989,114 @@ static int epoll_wait_common(int epfd, struct epoll_event *out, int max, int tim
     return rc;
 }
 
+/* A stack socket of an inner set, watched by the outer set's wait (see nesting above). */
+struct inner_member { int owner; short wanted; short last; int edge; };
+
+/* Appends to p (from index *k) the stack sockets of the set behind inner epoll descriptor `fd`,
+ * recording in m what each is watched for; returns 0, or -1 when out of memory. */
+static int add_inner_members(int fd, int owner, struct pollfd **p, struct inner_member **m, int *k, int *cap) {
+    pthread_mutex_lock(&epoll_lock);
+    struct epoll_set *inner = epoll_sets;
+    while (inner && inner->epfd != fd) inner = inner->next;
+    int rc = 0;
+    if (inner) {
+        pthread_mutex_lock(&inner->lock);
+        for (int j = 0; j < inner->count && rc == 0; j++) {
+            struct watched *w = &inner->items[j];
+            if (w->socket < 0 || !w->armed) continue;
+            if (*k + 2 > *cap) {
+                int grown = *cap * 2 + 8;
+                struct pollfd *np = realloc(*p, (size_t)grown * sizeof **p);
+                if (np) *p = np;
+                struct inner_member *nm = np ? realloc(*m, (size_t)grown * sizeof **m) : NULL;
+                if (nm) *m = nm;
+                if (!np || !nm) { rc = -1; break; }
+                *cap = grown;
+            }
+            short last = w->last;
+            uint8_t d = atomic_load_explicit(&drained[w->socket], memory_order_relaxed);
+            if (d & 1) last &= (short)~POLLIN;
+            if (d & 2) last &= (short)~POLLOUT;
+            (*p)[*k] = (struct pollfd){w->socket, poll_events(w->events), 0};
+            (*m)[*k] = (struct inner_member){owner, poll_events(w->events), last, (w->events & EPOLLET) != 0};
+            (*k)++;
+        }
+        pthread_mutex_unlock(&inner->lock);
+    }
+    pthread_mutex_unlock(&epoll_lock);
+    return rc;
+}
+
 static int epoll_wait_set(struct epoll_set *e, int epfd, struct epoll_event *out, int max, int timeout, const sigset_t *mask) {
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
         pthread_mutex_lock(&e->lock);
-        int n = e->count;
-        /* (On the heap: a server's set may hold thousands of sockets.) */
-        struct pollfd *p = malloc(((size_t)n + 1) * sizeof *p);
-        if (!p) {
+        int n = e->count, cap = n + 8, inners = 0;
+        /* (On the heap: a server's set may hold thousands of sockets.) Layout: the set's members,
+         * then the stack sockets of inner sets, then the set's own descriptor. */
+        struct pollfd *p = malloc((size_t)cap * sizeof *p);
+        struct inner_member *m = malloc((size_t)cap * sizeof *m);
+        if (!p || !m) {
             pthread_mutex_unlock(&e->lock);
+            free(p);
+            free(m);
             errno = ENOMEM;
             return -1;
         }
-        for (int i = 0; i < n; i++) p[i] = (struct pollfd){e->items[i].socket, e->items[i].armed ? poll_events(e->items[i].events) : 0, 0};
-        p[n] = (struct pollfd){epfd, POLLIN, 0};
+        for (int i = 0; i < n; i++) {
+            struct watched *w = &e->items[i];
+            p[i] = (struct pollfd){w->socket >= 0 ? w->socket : w->fd, w->armed ? (w->socket >= 0 ? poll_events(w->events) : POLLIN) : 0, 0};
+            inners += w->socket < 0;
+        }
+        int inner_fds[inners > 0 ? inners : 1], inner_index[inners > 0 ? inners : 1], x = 0;
+        for (int i = 0; i < n; i++)
+            if (e->items[i].socket < 0 && e->items[i].armed) { inner_fds[x] = e->items[i].fd; inner_index[x++] = i; }
         pthread_mutex_unlock(&e->lock);
-        int rc = SKO(sko_poll, p, (unsigned long)n, 0);
-        if (rc < 0) { free(p); return -1; }
+        int k = n;
+        for (int j = 0; j < x; j++) {
+            if (add_inner_members(inner_fds[j], inner_index[j], &p, &m, &k, &cap) < 0) {
+                free(p);
+                free(m);
+                errno = ENOMEM;
+                return -1;
+            }
+        }
+        int rc = SKO(sko_poll, p, (unsigned long)k, 0);
+        if (rc < 0) { free(p); free(m); return -1; }
+        /* An inner set is ready (POLLIN) when its kernel part is or one of its sockets is. */
+        for (int j = n; j < k; j++) {
+            short re = p[j].revents & (short)(m[j].wanted | POLLERR | POLLHUP);
+            if (m[j].edge) re &= (short)~m[j].last;
+            if (re) p[m[j].owner].revents |= POLLIN;
+        }
         int got = 0;
         pthread_mutex_lock(&e->lock);
         int first = n > 0 ? e->cursor % n : 0;
         e->cursor = first + 1;
-        for (int k = 0; k < n && got < max; k++) {
-            int i = (first + k) % n;
+        for (int c = 0; c < n && got < max; c++) {
+            int i = (first + c) % n;
             if (i >= e->count) continue;
             struct watched *w = &e->items[i];
-            if (w->socket != p[i].fd || !w->armed) continue;
+            if ((w->socket >= 0 ? w->socket : w->fd) != p[i].fd || !w->armed) continue;
             short re = p[i].revents;
             if (re & POLLNVAL) continue;
+            if (w->socket < 0) re &= POLLIN; /* an epoll descriptor reports EPOLLIN only */
             if (w->events & EPOLLET) {
-                /* Emptied or filled since the last look (EAGAIN): the next data or room is an edge. */
-                uint8_t d = atomic_exchange_explicit(&drained[w->socket], 0, memory_order_relaxed);
-                if (d & 1) { w->last &= (short)~POLLIN; w->readable = 0; }
-                if (d & 2) w->last &= (short)~POLLOUT;
                 short fresh = (short)(re & ~w->last);
-                int readable = 0;
-                if (re & POLLIN) SKO(sko_ioctl, w->socket, FIONREAD, &readable);
-                int more = readable > w->readable;
+                int more = 0;
+                if (w->socket >= 0) {
+                    /* Emptied or filled since the last look (EAGAIN): the next data or room is an edge. */
+                    uint8_t d = atomic_exchange_explicit(&drained[w->socket], 0, memory_order_relaxed);
+                    if (d & 1) { w->last &= (short)~POLLIN; w->readable = 0; }
+                    if (d & 2) w->last &= (short)~POLLOUT;
+                    fresh = (short)(re & ~w->last);
+                    int readable = 0;
+                    if (re & POLLIN) SKO(sko_ioctl, w->socket, FIONREAD, &readable);
+                    more = readable > w->readable;
+                    w->readable = readable;
+                }
                 w->last = re;
-                w->readable = readable;
                 if (!(fresh & (poll_events(w->events) | POLLERR | POLLHUP)) && !(more && (w->events & EPOLLIN))) continue;
             } else if (!re) {
                 continue;
@@ -1005,41 +1108,233 @@ static int epoll_wait_set(struct epoll_set *e, int epfd, struct epoll_event *out
         }
         pthread_mutex_unlock(&e->lock);
         if (got < max) {
-            int k = REAL(epoll_wait)(epfd, out + got, max - got, 0);
-            for (int i = 0; i < k; i++) {
+            int kk = REAL(epoll_wait)(epfd, out + got, max - got, 0);
+            for (int i = 0; i < kk; i++) {
                 if (out[got + i].data.u64 != WAKE_TAG) continue;
                 uint64_t v;
                 ssize_t r = REAL(read)(e->wake, &v, sizeof v);
                 (void)r;
-                out[got + i] = out[got + k - 1];
-                k--;
+                out[got + i] = out[got + kk - 1];
+                kk--;
                 i--;
             }
-            if (k > 0) got += k;
+            if (kk > 0) got += kk;
         }
-        if (got > 0) { free(p); return got; }
+        if (got > 0) { free(p); free(m); return got; }
         int left = timeout;
         if (timeout >= 0) {
             struct timespec now;
             clock_gettime(CLOCK_MONOTONIC, &now);
             long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-            if (elapsed >= timeout) { free(p); return 0; }
+            if (elapsed >= timeout) { free(p); free(m); return 0; }
             left = timeout - (int)elapsed;
         }
         /* Sleep until one of ours or the kernel's part changes. ET sockets already reported would
          * wake the sleep at once: bound it to a millisecond then. */
         int has_et = 0;
-        for (int i = 0; i < n; i++) if (p[i].revents) has_et = 1;
+        for (int i = 0; i < k; i++) if (p[i].revents) has_et = 1;
         if (has_et && (left < 0 || left > 1)) left = 1;
+        p[k] = (struct pollfd){epfd, POLLIN, 0}; /* (cap > k always: add_inner_members leaves room) */
         sigset_t old;
         if (mask) pthread_sigmask(SIG_SETMASK, mask, &old);
-        int w = SKO(sko_poll, p, (unsigned long)n + 1, left);
+        int w = SKO(sko_poll, p, (unsigned long)k + 1, left);
         int err = errno;
         if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
         free(p);
+        free(m);
         if (w < 0) { errno = err; return -1; }
     }
 }
 
+/* Whether the set behind epoll descriptor `outer` has `inner` as a member (a loop if added). */
+static int contains_set(int outer, int inner) {
+    pthread_mutex_lock(&epoll_lock);
+    struct epoll_set *e = epoll_sets;
+    while (e && e->epfd != outer) e = e->next;
+    int found = 0;
+    if (e) {
+        pthread_mutex_lock(&e->lock);
+        for (int i = 0; i < e->count; i++) found |= e->items[i].socket < 0 && e->items[i].fd == inner;
+        pthread_mutex_unlock(&e->lock);
+    }
+    pthread_mutex_unlock(&epoll_lock);
+    return found;
+}
+
 int epoll_wait(int epfd, struct epoll_event *out, int max, int timeout) { return epoll_wait_common(epfd, out, max, timeout, NULL); }
 int epoll_pwait(int epfd, struct epoll_event *out, int max, int timeout, const sigset_t *mask) { return epoll_wait_common(epfd, out, max, timeout, mask); }
+
+/* epoll_pwait2: a timespec timeout (NULL: none). A set with stack sockets waits to the
+ * millisecond, rounded up, as the library's waits do; the kernel's sets get it as it is. */
+int epoll_pwait2(int epfd, struct epoll_event *out, int max, const struct timespec *timeout, const sigset_t *mask) {
+    static int (*real)(int, struct epoll_event *, int, const struct timespec *, const sigset_t *);
+    if (!real) real = (int (*)(int, struct epoll_event *, int, const struct timespec *, const sigset_t *))dlsym(RTLD_NEXT, "epoll_pwait2");
+    if (kind_of(epfd) != EPOLL_SET) {
+        if (!real) { errno = ENOSYS; return -1; }
+        return real(epfd, out, max, timeout, mask);
+    }
+    int ms = -1;
+    if (timeout) {
+        if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000L) { errno = EINVAL; return -1; }
+        long long t = (long long)timeout->tv_sec * 1000 + (timeout->tv_nsec + 999999) / 1000000;
+        ms = t > INT_MAX ? INT_MAX : (int)t;
+    }
+    return epoll_wait_common(epfd, out, max, ms, mask);
+}
+
+/* ---------------------------------------------------------------- exec
+ *
+ * A stack socket survives exec as a kernel socket does: every descriptor of one that is not
+ * FD_CLOEXEC stays a descriptor of it in the new program. Before the exec, the client library has
+ * the server hold those sockets for the new program and writes the environment entry
+ * SOCKET_OFFLOAD_EXEC=FD/HANDLE/NONBLOCKING/MEMFD,... that names them (see ProcessInheritance.swift);
+ * the new program's library (LD_PRELOAD is kept) marks those descriptors as stack sockets again in
+ * its constructor and adopts each on first use. If the exec fails, nothing changes. Sockets whose
+ * every descriptor is FD_CLOEXEC are closed by the exec, in an orderly way (FIN after queued data).
+ * A vfork child's exec (a different pid in our memory) carries nothing. */
+
+extern char **environ;
+static const char exec_variable[] = "SOCKET_OFFLOAD_EXEC=";
+static char *exec_entry; /* the entry of the exec being prepared (freed if it fails) */
+
+/* The environment for an exec from `envp` plus the entry naming the stack sockets that survive
+ * it; NULL when none does (exec with `envp` as it is). */
+static char **prepare_exec(char *const envp[]) {
+    if (!sko_before_exec_p || !kinds || getpid() != image_pid) return NULL;
+    int *fds = malloc(sizeof(int) * 2 * 1024), n = 0, capacity = 1024;
+    if (!fds) return NULL;
+    for (int fd = 0; fd < table_size; fd++) {
+        int k = kind_of(fd);
+        if (k != SOCKET && k != ALIAS) continue;
+        int flags = REAL(fcntl)(fd, F_GETFD);
+        if (flags < 0 || (flags & FD_CLOEXEC)) continue;
+        if (n == capacity) {
+            int *more = realloc(fds, sizeof(int) * 4 * (size_t)capacity);
+            if (!more) break;
+            memmove(more + 2 * capacity, more + capacity, sizeof(int) * (size_t)capacity);
+            fds = more;
+            capacity *= 2;
+        }
+        fds[n] = fd;
+        fds[capacity + n] = k == SOCKET ? fd : targets[fd];
+        n++;
+    }
+    size_t size = 64 * 1024;
+    char *entry = n ? malloc(sizeof exec_variable + size) : NULL;
+    size_t len = entry ? SKO(sko_before_exec, fds, fds + capacity, (size_t)n, entry, sizeof exec_variable + size) : 0;
+    free(fds);
+    if (len == 0) { free(entry); return NULL; }
+    size_t count = 0;
+    while (envp && envp[count]) count++;
+    char **env = malloc(sizeof(char *) * (count + 2));
+    if (!env) { SKO_VOID(sko_after_failed_exec); free(entry); return NULL; }
+    size_t k = 0;
+    for (size_t i = 0; i < count; i++)
+        if (strncmp(envp[i], exec_variable, sizeof exec_variable - 1) != 0) env[k++] = envp[i];
+    env[k++] = entry;
+    env[k] = NULL;
+    exec_entry = entry;
+    return env;
+}
+
+/* The exec prepared with `env` failed: the process keeps its sockets as they were. */
+static void exec_failed(char **env) {
+    if (!env) return;
+    int e = errno;
+    SKO_VOID(sko_after_failed_exec);
+    free(exec_entry);
+    exec_entry = NULL;
+    free(env);
+    errno = e;
+}
+
+#define EXEC_WITH(real_call, envp) ({ \
+        char **env_ = prepare_exec(envp); \
+        char *const *use_ = env_ ? env_ : (envp); \
+        (void)use_; \
+        int rc_ = real_call; \
+        exec_failed(env_); \
+        rc_; \
+    })
+
+int execve(const char *path, char *const argv[], char *const envp[]) {
+    static int (*real)(const char *, char *const[], char *const[]);
+    if (!real) real = (int (*)(const char *, char *const[], char *const[]))dlsym(RTLD_NEXT, "execve");
+    return EXEC_WITH(real(path, argv, use_), envp);
+}
+
+int execvpe(const char *file, char *const argv[], char *const envp[]) {
+    static int (*real)(const char *, char *const[], char *const[]);
+    if (!real) real = (int (*)(const char *, char *const[], char *const[]))dlsym(RTLD_NEXT, "execvpe");
+    return EXEC_WITH(real(file, argv, use_), envp);
+}
+
+int fexecve(int fd, char *const argv[], char *const envp[]) {
+    static int (*real)(int, char *const[], char *const[]);
+    if (!real) real = (int (*)(int, char *const[], char *const[]))dlsym(RTLD_NEXT, "fexecve");
+    return EXEC_WITH(real(fd, argv, use_), envp);
+}
+
+int execv(const char *path, char *const argv[]) { return execve(path, argv, environ); }
+int execvp(const char *file, char *const argv[]) { return execvpe(file, argv, environ); }
+
+/* execl, execlp, execle: their arguments as an array (up to the NULL; execle's envp follows). */
+#define ARGV_FROM_VA(arg, argv, after) do { \
+        va_list ap_; size_t n_ = 1; \
+        va_start(ap_, arg); while (va_arg(ap_, char *)) n_++; va_end(ap_); \
+        argv = alloca(sizeof(char *) * (n_ + 1)); \
+        argv[0] = (char *)(arg); \
+        va_start(ap_, arg); \
+        for (size_t i_ = 1; i_ <= n_; i_++) argv[i_] = va_arg(ap_, char *); \
+        after; \
+        va_end(ap_); \
+    } while (0)
+
+int execl(const char *path, const char *arg, ...) {
+    char **argv;
+    ARGV_FROM_VA(arg, argv, (void)0);
+    return execve(path, argv, environ);
+}
+
+int execlp(const char *file, const char *arg, ...) {
+    char **argv;
+    ARGV_FROM_VA(arg, argv, (void)0);
+    return execvpe(file, argv, environ);
+}
+
+int execle(const char *path, const char *arg, ...) {
+    char **argv, **envp;
+    ARGV_FROM_VA(arg, argv, envp = va_arg(ap_, char **));
+    return execve(path, argv, envp);
+}
+
+/* In the program an exec started: the stack sockets the old image kept (see above). */
+static void adopt_from_environment(void) {
+    const char *value = getenv("SOCKET_OFFLOAD_EXEC");
+    if (!value || !*value) return;
+    char *list = strdup(value);
+    unsetenv("SOCKET_OFFLOAD_EXEC"); /* (a later exec writes its own) */
+    if (!list || !kinds || !client_ready()) { free(list); return; }
+    enum { MAX = 4096 };
+    static int first_fd[MAX];
+    static uint32_t first_handle[MAX];
+    int sockets = 0;
+    char *save = NULL;
+    for (char *item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        int fd, nonblocking, memfd;
+        unsigned int handle;
+        if (sscanf(item, "%d/%u/%d/%d", &fd, &handle, &nonblocking, &memfd) != 4 || fd < 0 || fd >= table_size) continue;
+        if (REAL(fcntl)(fd, F_GETFD) < 0) continue;
+        int s = -1;
+        for (int i = 0; i < sockets; i++) if (first_handle[i] == handle) s = first_fd[i];
+        if (s >= 0) {
+            mark(fd, ALIAS, s);
+        } else if (sockets < MAX) {
+            first_fd[sockets] = fd;
+            first_handle[sockets++] = handle;
+            mark(fd, SOCKET, fd);
+            SKO_VOID(sko_adopt_after_exec, fd, handle, nonblocking, memfd);
+        }
+    }
+    free(list);
+}

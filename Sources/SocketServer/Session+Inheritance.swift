@@ -44,6 +44,29 @@ extension Session {
         return .ok(value: Int64(attached))
     }
 
+    /// `execing(keep)`: the program this client becomes (same pid) holds `keep`; the session's
+    /// other sockets close in an orderly way when the exec closes its control socket.
+    func execing(keep: [UInt32]) -> Reply {
+        closesGracefully = true
+        let kept = keep.compactMap { sockets[$0] }
+        guard kept.count == keep.count else { return .error(EBADF) }
+        return .ok(value: Int64(server.registerInheritance(kept, child: credentials.pid, uid: credentials.uid, afterExec: true)))
+    }
+
+    /// `adopt(handle)`: after exec, this process takes one of the sockets its old image kept.
+    func adopt(_ handle: UInt32) -> (Reply, [Int32], keepOpen: Bool) {
+        guard let socket = server.takeInherited(handle, child: credentials.pid, uid: credentials.uid) else {
+            return (.error(EBADF), [], true)
+        }
+        if sockets[handle] == nil {
+            if socket.session === self { socket.heldByOwner = true } else { socket.sharedWith.append(id) }
+            sockets[handle] = socket
+        }
+        let tcp = socket as? TCPSocket
+        let type = Int32(tcp != nil ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue)
+        return (.adopted(socket.info, domain: socket.domain, type: type, listening: tcp?.role == .listener), [socket.stackEvent.fd], true)
+    }
+
     /// Moves `connection` (one of ours, just accepted by `to`'s app) out of our app's reach: it is
     /// held by `to` only, and stays ours (its channel is in our segment).
     func handOver(_ connection: ServerSocket, to other: Session) {
@@ -74,9 +97,11 @@ struct Inheritance {
 extension SocketServer {
     /// Records that `child` holds `sockets` (handed by its parent) and watches the child's exit.
     /// - Returns: how many sockets the child now holds (0 when it cannot be watched: it is gone).
-    func registerInheritance(_ sockets: [ServerSocket], child: Int32, uid: UInt32) -> Int {
+    /// `afterExec`: the "child" is the client itself, about to exec (what it keeps is adopted one
+    /// by one, whatever it attached before).
+    func registerInheritance(_ sockets: [ServerSocket], child: Int32, uid: UInt32, afterExec: Bool = false) -> Int {
         guard !sockets.isEmpty, let watched = watchChild(child, uid: uid) else { return 0 }
-        if watched.attached { return 0 } // it attached first, taking what the parent then held
+        if watched.attached && !afterExec { return 0 } // it attached first, taking what the parent then held
         for socket in sockets where !socket.pendingChildren.contains(child) {
             socket.pendingChildren.append(child)
             inheritance[child]!.sockets.append(socket)
@@ -102,6 +127,16 @@ extension SocketServer {
         guard !held.isEmpty, watchChild(child, uid: uid) != nil else { return [] }
         inheritance[child]!.attached = true
         return held
+    }
+
+    /// One socket of `child`'s pending ones (after exec, the program adopts them one by one).
+    func takeInherited(_ handle: UInt32, child: Int32, uid: UInt32) -> ServerSocket? {
+        guard var record = inheritance[child], record.uid == uid,
+              let i = record.sockets.firstIndex(where: { $0.handle == handle }) else { return nil }
+        let socket = record.sockets.remove(at: i)
+        socket.pendingChildren.removeAll { $0 == child }
+        inheritance[child] = record
+        return socket
     }
 
     /// The child's record, made (with a pidfd in the event loop) on first use.

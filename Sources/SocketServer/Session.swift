@@ -50,6 +50,9 @@ final class Session {
     /// The client has gone but forked children still hold sockets in its segment: the session
     /// keeps the segment (not the control socket) until they let go.
     private(set) var isLingering = false
+    /// The client announced an exec: when its control socket closes, its sockets close as the
+    /// kernel's close-on-exec closes them (FIN after queued data), not reset as for a crash.
+    var closesGracefully = false
     var logger: Logger
 
     init(id: UInt64, fd: Int32, credentials: PeerCredentials, server: SocketServer) {
@@ -145,6 +148,10 @@ final class Session {
             return (forked(child: child), [], true)
         case .attachInherited:
             return (attachInherited(), [], true)
+        case .execing(let keep):
+            return (execing(keep: keep), [], true)
+        case .adopt(let handle):
+            return adopt(handle)
         default:
             guard let handle = request.handle, let socket = sockets[handle] else { return (.error(EBADF), [], true) }
             return (socket.handle(request), [], true)
@@ -383,11 +390,12 @@ final class Session {
         if !isLingering {
             // The client is gone: what nobody else holds is released at once (connections reset:
             // peers see it); sockets it attached from another session are left to their holders.
+            let graceful = closesGracefully && !force && !misbehaving
             for (_, socket) in sockets {
                 letGo(socket)
                 if socket.isHeld {
                     if socket.session === self { heldElsewhere[socket.handle] = socket }
-                } else if socket.session === self {
+                } else if socket.session === self && !graceful {
                     server.loop.remove(socket.stackEvent.fd)
                     releaseChannel(of: socket)
                 } else {
@@ -397,9 +405,9 @@ final class Session {
             sockets.removeAll()
             server.loop.remove(fd)
             Glibc.close(fd)
-            if !heldElsewhere.isEmpty && !force {
+            if (!heldElsewhere.isEmpty || (graceful && !closing.isEmpty)) && !force {
                 isLingering = true
-                logger.info("client disconnected; \(heldElsewhere.count) of its sockets stay open for the processes it forked")
+                logger.info("client disconnected; \(heldElsewhere.count) of its sockets stay open for the processes it forked or the program it became, \(closing.count) closing")
                 return
             }
         }
@@ -413,7 +421,7 @@ final class Session {
         heldElsewhere.removeAll()
         server.quarantine(quarantined, of: credentials.pid)
         quarantined.removeAll()
-        if segment != nil { logger.info(isLingering ? "the last socket its forked processes held is closed" : "client disconnected") }
+        if segment != nil { logger.info(isLingering ? "the last socket its forked processes or its next program held is closed" : "client disconnected") }
         segment = nil
     }
 

@@ -73,4 +73,11 @@ import Glibc
         try Self.runBoth("fork-lifetimes", command: [Offload.python, script], arguments: ["\(TestPorts.next())"],
                          expecting: ["daemon: ok", "child exits untouched: ok", "child holds it: ok", "child closes its copy: ok"])
     }
+
+    @Test("Across exec: the new program keeps every socket not marked close-on-exec (queued bytes, dup'ed descriptors, a listener, a connected non-blocking UDP socket); a close-on-exec one is closed in order (its peer reads EOF)")
+    func exec() throws {
+        try Self.runBoth("exec", expecting: ["bytes queued before the exec arrive after it: ok", "both descriptors of the dup'ed socket send: ok",
+                                             "the close-on-exec end was closed in order: its peer reads EOF: ok",
+                                             "the listener still listens and accepts: ok", "the UDP socket is still connected and non-blocking: ok"])
+    }
 }

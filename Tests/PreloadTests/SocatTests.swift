@@ -56,4 +56,35 @@ import Testing
         try exchange(sender: sender, receiver: listener, stack: stack, tag: "socat UDP relay \(relayPort) -> \(listenPort)")
         stack.expectSessions([listener, relay, sender])
     }
+
+    /// `socat TCP-LISTEN:A,fork EXEC:cat,nofork`: for each connection socat forks, and the child
+    /// execs cat with the connection as its standard input and output, so the connection crosses
+    /// a fork and an exec and cat (under the library too) moves its bytes. Three clients in turn,
+    /// 1 MiB each, the echo compared.
+    @Test("socat TCP-LISTEN,fork EXEC:cat,nofork: a connection crosses fork and exec; three clients get their 1 MiB back")
+    func forkExec() throws {
+        let stack = try Offload("socat-exec")
+        defer { stack.finish() }
+        let port = "\(TestPorts.next())"
+        let server = try stack.start(["socat", "-d", "-d", "TCP-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork", "EXEC:cat,nofork"],
+                                     name: "socat-exec", stdout: .null)
+        try stack.awaitReady(server, "listening on")
+        try Offload.expectNotInKernel(port: port)
+        for n in 1...3 {
+            let source = try stack.randomFile("source\(n)", bytes: Self.bytes)
+            let received = stack.directory.file("received\(n)")
+            let client = try stack.start(["socat", "-t", "10", "-", "TCP:127.0.0.1:\(port)"], name: "socat-client-\(n)",
+                                         input: .file(source), stdout: .file(received))
+            if let problem = stack.waitForExit([client], growing: [received], expectedBytes: Self.bytes) {
+                Issue.record(Comment(rawValue: "client \(n): \(problem)"))
+                return
+            }
+            #expect(client.status == .exited(0), "\(Offload.describe(client))")
+            try Offload.expectSameBytes(source, received, "client \(n) through socat's fork and cat's exec")
+        }
+        #expect(server.isRunning, "socat's listener exited: \(Offload.describe(server))")
+        let execs = server.errorOutput.split(separator: "\n").filter { $0.contains("execvp'ing \"cat\"") }.count
+        #expect(execs == 3,
+                "socat did not exec cat three times: \(Offload.describe(server))")
+    }
 }

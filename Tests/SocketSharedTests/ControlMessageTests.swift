@@ -28,8 +28,7 @@ struct ControlMessageTests {
         switch kind % 25 {
         case 22: return ControlMessage(requestID: id, .execing(keep: (0..<rng.below(101)).map { _ in UInt32(truncatingIfNeeded: rng.next()) }))
         case 23: return ControlMessage(requestID: id, .adopt(handle: h))
-        case 24: return ControlMessage(requestID: id, Reply.adopted(randomChannel(&rng), domain: i, type: i &+ 1, listening: rng.below(2) == 1,
-                                                                    owner: rng.next()))
+        case 24: return ControlMessage(requestID: id, Reply.adopted(randomChannel(&rng), domain: i, type: i &+ 1, listening: rng.below(2) == 1))
         case 20: return ControlMessage(requestID: id, .forked(child: i))
         case 21: return ControlMessage(requestID: id, .attachInherited)
         case 0: return ControlMessage(requestID: id, .hello(version: UInt16(rng.below(65536)), transport: DatagramTransport.allCases[rng.below(3)]))

@@ -254,6 +254,54 @@ static void epoll_edge_after_drain(struct ctx *x) {
     x->c->close(l);
 }
 
+/* An epoll set inside another: the outer one sees the inner one readable when the inner one has an
+ * event; a set cannot contain itself through another (ELOOP). */
+static void epoll_nested(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    int inner = FD("inner epoll", epoll_create1(0));
+    int outer = FD("outer epoll", epoll_create1(0));
+    epoll_add(x, "inner: add server IN", inner, s, EPOLLIN, 1);
+    epoll_add(x, "outer: add inner IN", outer, inner, EPOLLIN, 7);
+    rec_epoll(x, "outer idle", outer, 50);
+    RC("send", x->c->send(c, "abc", 3, 0));
+    rec_epoll(x, "outer: the inner set is ready", outer, 2000);
+    rec_epoll(x, "inner: the server", inner, 0);
+    RC("recv", x->c->recv(s, (char[8]){0}, 8, 0));
+    rec_epoll(x, "outer after the drain", outer, 50);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 8};
+    RC("inner: add outer (a loop)", epoll_ctl(inner, EPOLL_CTL_ADD, outer, &ev));
+    RC("outer: del inner", epoll_ctl(outer, EPOLL_CTL_DEL, inner, NULL));
+    RC("send again", x->c->send(c, "d", 1, 0));
+    wait_mask(x, "server has data", s, POLLIN, POLLIN, 2000);
+    rec_epoll(x, "outer without the inner set", outer, 50);
+    close(outer);
+    close(inner);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+}
+
+/* epoll_pwait2: a timespec timeout. */
+static void epoll_pwait2_timeout(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    int ep = FD("epoll_create1", epoll_create1(0));
+    epoll_add(x, "add server IN", ep, s, EPOLLIN, 1);
+    struct epoll_event ev[4];
+    struct timespec fifty = {0, 50 * 1000 * 1000}, two = {2, 0};
+    RC("epoll_pwait2 idle (50 ms)", epoll_pwait2(ep, ev, 4, &fifty, NULL));
+    RC("send", x->c->send(c, "abc", 3, 0));
+    int n = (int)RC("epoll_pwait2 with data", epoll_pwait2(ep, ev, 4, &two, NULL));
+    if (n == 1) rec_note("event", "tag %u events 0x%x", ev[0].data.u32, ev[0].events);
+    struct timespec bad = {0, 1000000000L};
+    RC("epoll_pwait2 with tv_nsec 10^9", epoll_pwait2(ep, ev, 4, &bad, NULL));
+    close(ep);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+}
+
 static volatile sig_atomic_t pipe_signals;
 static void on_sigpipe(int sig) { (void)sig; pipe_signals++; }
 
@@ -289,6 +337,8 @@ const struct scenario preload_scenarios[] = {
     {"preload_epoll_close_without_del", epoll_close_without_del, FAM_BOTH | PRELOAD_ONLY},
     {"preload_epoll_edge_after_drain", epoll_edge_after_drain, FAM_BOTH | PRELOAD_ONLY},
     {"preload_sigpipe_on_write", sigpipe_on_write, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_epoll_nested", epoll_nested, FAM_BOTH | PRELOAD_ONLY},
+    {"preload_epoll_pwait2", epoll_pwait2_timeout, FAM_BOTH | PRELOAD_ONLY},
     {"preload_signal_sa_restart", signal_sa_restart, FAM_V4 | PRELOAD_ONLY},
     {"preload_signal_no_restart", signal_no_restart, FAM_V4 | PRELOAD_ONLY},
     {"preload_signal_restart_with_timeout", signal_restart_with_timeout, FAM_V4 | PRELOAD_ONLY},

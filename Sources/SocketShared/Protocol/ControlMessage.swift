@@ -182,14 +182,15 @@ public enum Reply: Equatable, Sendable {
     case accepted(ChannelInfo, peer: SocketAddress)
     case address(SocketAddress)
     case option([UInt8])
-    /// `adopt`: the socket's channel, in the segment of session `owner` (sent as its memfd, after
-    /// the stack eventfd; map it once per owner), its family and type, and whether it listens.
-    case adopted(ChannelInfo, domain: Int32, type: Int32, listening: Bool, owner: UInt64)
+    /// `adopt`: the socket's channel (in the segment whose memfd the old image left open for the
+    /// new one), its family and type, and whether it listens; its stack eventfd goes with it.
+    case adopted(ChannelInfo, domain: Int32, type: Int32, listening: Bool)
 
     public var descriptorCount: Int {
         switch self {
         case .hello: return 1
-        case .socket, .accepted, .adopted: return 2
+        case .socket, .accepted: return 2
+        case .adopted: return 1
         default: return 0
         }
     }
@@ -315,10 +316,10 @@ extension ControlMessage {
             case .option(let value):
                 type = .replyOption
                 body.u16(UInt16(clamping: value.count)); body.raw(value)
-            case .adopted(let info, let domain, let kind, let listening, let owner):
+            case .adopted(let info, let domain, let kind, let listening):
                 type = .replyAdopted
                 Self.encode(info, into: &body)
-                body.i32(domain); body.i32(kind); body.u8(listening ? 1 : 0); body.u64(owner)
+                body.i32(domain); body.i32(kind); body.u8(listening ? 1 : 0)
             }
         }
         var out = WireWriter(capacity: Self.headerSize + body.bytes.count)
@@ -438,7 +439,7 @@ extension ControlMessage {
             let info = try decodeChannel(&r)
             let domain = try r.i32(), kind = try r.i32(), listening = try r.u8()
             guard listening <= 1 else { throw .invalidValue("listening flag \(listening)") }
-            payload = .reply(.adopted(info, domain: domain, type: kind, listening: listening == 1, owner: try r.u64()))
+            payload = .reply(.adopted(info, domain: domain, type: kind, listening: listening == 1))
         }
         try r.finish()
         return ControlMessage(requestID: requestID, payload: payload)
