@@ -405,10 +405,17 @@ int socketpair(int domain, int type, int protocol, int sv[2]) {
  * has a timeout for that direction (SO_RCVTIMEO / SO_SNDTIMEO). Which signal interrupted the call
  * is not known here: the call restarts when every handler the program installed has SA_RESTART
  * (glibc's signal() sets it; programs that want EINTR install theirs with sigaction without it). */
+static __thread volatile sig_atomic_t last_signal; /* set by the trampoline (see signals below) */
+static int handler_restarts(int sig);
+
 static int restarts(int s, int receiving) {
     struct timeval tv = {0, 0};
     socklen_t len = sizeof tv;
     if (SKO(sko_getsockopt, s, SOL_SOCKET, receiving ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) == 0 && (tv.tv_sec || tv.tv_usec)) return 0;
+    /* The signal whose handler interrupted this thread, when the handler is one the program
+     * installed through us: its own SA_RESTART decides. */
+    int known = handler_restarts(last_signal);
+    if (known >= 0) return known;
     for (int sig = 1; sig < NSIG; sig++) {
         struct sigaction sa;
         if (sigaction(sig, NULL, &sa) != 0) continue;
@@ -425,7 +432,7 @@ static int restarts(int s, int receiving) {
 /* A blocking socket call, restarted after EINTR as `restarts` says. */
 #define RESTARTING(s, receiving, call) ({ \
         __typeof__(call) r_; \
-        while ((r_ = (call)) < 0 && errno == EINTR && restarts(s, receiving)) {} \
+        while ((last_signal = 0, r_ = (call)) < 0 && errno == EINTR && restarts(s, receiving)) {} \
         if (r_ < 0 && errno == EAGAIN) atomic_fetch_or_explicit(&drained[s], (receiving) ? 1 : 2, memory_order_relaxed); \
         r_; \
     })
@@ -1337,4 +1344,84 @@ static void adopt_from_environment(void) {
         }
     }
     free(list);
+}
+
+/* ---------------------------------------------------------------- signals
+ *
+ * Whether a socket call interrupted by a handler restarts depends on that handler's SA_RESTART
+ * (signal(7)). To know which signal interrupted a call, the handlers a program installs through
+ * sigaction/signal run behind a trampoline that records the signal number in a thread-local
+ * before calling the program's handler. sigaction reports the program's own handler back. The
+ * synchronous signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGABRT, SIGSYS) are left alone:
+ * they interrupt no system call, and crash handlers stay as they were installed. */
+
+static struct sigaction program_actions[NSIG]; /* the program's, for signals behind the trampoline */
+static _Atomic int trampolined[NSIG];
+
+static void trampoline(int sig, siginfo_t *info, void *context) {
+    last_signal = sig;
+    if (sig <= 0 || sig >= NSIG) return;
+    struct sigaction *a = &program_actions[sig];
+    if (a->sa_flags & SA_SIGINFO) {
+        if (a->sa_sigaction) a->sa_sigaction(sig, info, context);
+    } else if (a->sa_handler != SIG_DFL && a->sa_handler != SIG_IGN) {
+        a->sa_handler(sig);
+    }
+}
+
+/* 1: `sig`'s handler has SA_RESTART, 0: it has not, -1: not known (not installed through us). */
+static int handler_restarts(int sig) {
+    if (sig <= 0 || sig >= NSIG || !atomic_load(&trampolined[sig])) return -1;
+    return (program_actions[sig].sa_flags & SA_RESTART) != 0;
+}
+
+static int synchronous(int sig) {
+    return sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGTRAP || sig == SIGABRT || sig == SIGSYS;
+}
+
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    static int (*real)(int, const struct sigaction *, struct sigaction *);
+    if (!real) real = (int (*)(int, const struct sigaction *, struct sigaction *))dlsym(RTLD_NEXT, "sigaction");
+    if (sig <= 0 || sig >= NSIG || synchronous(sig)) return real(sig, act, old);
+    struct sigaction current;
+    if (real(sig, NULL, &current) != 0) return -1; /* (EINVAL for a bad or unchangeable signal) */
+    int ours = (current.sa_flags & SA_SIGINFO) && current.sa_sigaction == trampoline;
+    struct sigaction previous = ours ? program_actions[sig] : current;
+    if (act) {
+        int handled = (act->sa_flags & SA_SIGINFO) ? act->sa_sigaction != NULL
+                                                    : (act->sa_handler != SIG_DFL && act->sa_handler != SIG_IGN);
+        int rc;
+        if (handled) {
+            struct sigaction wrapped = *act;
+            wrapped.sa_flags |= SA_SIGINFO;
+            wrapped.sa_sigaction = trampoline;
+            /* The program's action is in place before the trampoline can run with it. */
+            sigset_t all, saved;
+            sigfillset(&all);
+            pthread_sigmask(SIG_BLOCK, &all, &saved);
+            program_actions[sig] = *act;
+            atomic_store(&trampolined[sig], 1);
+            rc = real(sig, &wrapped, NULL);
+            pthread_sigmask(SIG_SETMASK, &saved, NULL);
+        } else {
+            rc = real(sig, act, NULL);
+            if (rc == 0) atomic_store(&trampolined[sig], 0);
+        }
+        if (rc != 0) return -1;
+    }
+    if (old) *old = previous;
+    return 0;
+}
+
+/* glibc's signal() installs through its internal sigaction, out of our reach: through ours, with
+ * the same BSD semantics (SA_RESTART, the handler stays). */
+sighandler_t signal(int sig, sighandler_t handler) {
+    struct sigaction act, old;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = handler;
+    sigemptyset(&act.sa_mask);
+    if (sig > 0 && sig < NSIG) sigaddset(&act.sa_mask, sig);
+    act.sa_flags = SA_RESTART;
+    if (sigaction(sig, &act, &old) != 0) return SIG_ERR;
+    return (old.sa_flags & SA_SIGINFO) ? (sighandler_t)(void *)old.sa_sigaction : old.sa_handler;
 }

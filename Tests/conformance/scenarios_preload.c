@@ -213,6 +213,43 @@ static void signal_restart(struct ctx *x, int flags, int timeout) {
     x->c->close(s);
     x->c->close(l);
 }
+/* Each handler's own SA_RESTART decides (SIGUSR2's handler has none; SIGUSR1's has it): a recv
+ * interrupted by SIGUSR1 restarts; one interrupted by SIGUSR2 returns EINTR. Also what sigaction
+ * and signal report back as the installed handler. */
+static void interrupt2(void *arg) { (void)arg; pthread_kill(blocked_thread, SIGUSR2); }
+static void signal_restart_per_handler(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    struct sigaction restart, plain, old1, old2, now;
+    memset(&restart, 0, sizeof restart);
+    restart.sa_handler = on_signal;
+    restart.sa_flags = SA_RESTART;
+    sigemptyset(&restart.sa_mask);
+    plain = restart;
+    plain.sa_flags = 0;
+    RC("sigaction SIGUSR1 with SA_RESTART", sigaction(SIGUSR1, &restart, &old1));
+    RC("sigaction SIGUSR2 without", sigaction(SIGUSR2, &plain, &old2));
+    RC("sigaction SIGUSR1 reads back", sigaction(SIGUSR1, NULL, &now));
+    rec_note("SIGUSR1 handler is ours, flags", "%d 0x%x", now.sa_handler == on_signal, (unsigned)(now.sa_flags & (SA_RESTART | SA_SIGINFO)));
+    blocked_thread = pthread_self();
+    struct late_send ls = {x, c};
+    char buf[8];
+    void *t1 = later(100, interrupt, NULL);
+    void *t2 = later(300, send_late, &ls);
+    RC("recv, SIGUSR1 (SA_RESTART) at 100 ms, data at 300 ms", x->c->recv(s, buf, sizeof buf, 0));
+    join_later(t1);
+    join_later(t2);
+    t1 = later(100, interrupt2, NULL);
+    RC("recv, SIGUSR2 (no SA_RESTART) at 100 ms", x->c->recv(s, buf, sizeof buf, 0));
+    join_later(t1);
+    sighandler_t before = signal(SIGUSR2, on_signal);
+    rec_note("signal() returns the previous handler", "%d", before == on_signal);
+    sigaction(SIGUSR1, &old1, NULL);
+    sigaction(SIGUSR2, &old2, NULL);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+}
 static void signal_sa_restart(struct ctx *x) { signal_restart(x, SA_RESTART, 0); }
 static void signal_no_restart(struct ctx *x) { signal_restart(x, 0, 0); }
 static void signal_restart_with_timeout(struct ctx *x) { signal_restart(x, SA_RESTART, 1); }
@@ -342,5 +379,6 @@ const struct scenario preload_scenarios[] = {
     {"preload_signal_sa_restart", signal_sa_restart, FAM_V4 | PRELOAD_ONLY},
     {"preload_signal_no_restart", signal_no_restart, FAM_V4 | PRELOAD_ONLY},
     {"preload_signal_restart_with_timeout", signal_restart_with_timeout, FAM_V4 | PRELOAD_ONLY},
+    {"preload_signal_restart_per_handler", signal_restart_per_handler, FAM_V4 | PRELOAD_ONLY},
     {0, 0, 0},
 };
