@@ -19,6 +19,7 @@
 #define SOCKET_OFFLOAD_H
 
 #include <poll.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -81,6 +82,8 @@ int sko_shutdown(int fd, int how);
  * to read, POLLHUP/POLLERR/POLLRDHUP after reset, close or FIN, no POLLIN while the send ring is
  * full); other descriptors in fds are polled as usual. */
 int sko_poll(struct pollfd *fds, unsigned long nfds, int timeout);
+/* sko_poll whose sleep applies `mask` atomically, as ppoll does (NULL: the thread's own). */
+int sko_ppoll(struct pollfd *fds, unsigned long nfds, int timeout, const sigset_t *mask);
 int sko_close(int fd);
 
 #ifdef __cplusplus

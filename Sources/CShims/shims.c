@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -202,4 +204,9 @@ pid_t cshims_parent_pid(pid_t pid) {
     char state;
     if (end == NULL || sscanf(end + 1, " %c %d", &state, &ppid) != 2) return -1;
     return (pid_t)ppid;
+}
+
+int cshims_ppoll(struct pollfd *fds, unsigned long nfds, int timeout_ms, const sigset_t *mask) {
+    struct timespec t = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
+    return ppoll(fds, (nfds_t)nfds, timeout_ms < 0 ? NULL : &t, mask);
 }

@@ -120,7 +120,7 @@ public final class ServerConnection: Sendable {
         self.segment = segment
         controlFD = -1
         abandoned.store(true, ordering: .relaxed)
-        self.successor.storeIfNil(successor)
+        _ = self.successor.storeIfNil(successor)
     }
 
     /// `connect(2)` bounded by `deadline` (a full listen backlog makes it wait; SO_SNDTIMEO bounds that).

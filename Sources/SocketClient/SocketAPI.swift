@@ -514,6 +514,13 @@ public func sko_write(_ fd: Int32, _ buf: UnsafeRawPointer?, _ len: Int) -> Int 
 /// full). The corresponding C function is `poll`.
 @_cdecl("sko_poll")
 public func sko_poll(_ fds: UnsafeMutablePointer<pollfd>?, _ nfds: UInt, _ timeout: Int32) -> Int32 {
+    sko_ppoll(fds, nfds, timeout, nil)
+}
+
+/// `sko_poll` whose sleep applies the signal mask `mask` atomically, as `ppoll(2)` does (nil: the
+/// thread's own). The corresponding C function is `ppoll` (with a millisecond timeout).
+@_cdecl("sko_ppoll")
+public func sko_ppoll(_ fds: UnsafeMutablePointer<pollfd>?, _ nfds: UInt, _ timeout: Int32, _ mask: UnsafePointer<sigset_t>?) -> Int32 {
     bsd { () throws(Errno) -> Int32 in
         guard nfds == 0 || fds != nil else { throw Errno(EFAULT) }
         let entries = UnsafeMutableBufferPointer(start: fds, count: Int(nfds))
@@ -568,7 +575,7 @@ public func sko_poll(_ fds: UnsafeMutablePointer<pollfd>?, _ nfds: UInt, _ timeo
                 wait = Int32(min((deadline - now + 999_999) / 1_000_000, UInt64(Int32.max)))
             }
             if !canSleepOnEventfds { wait = wait < 0 ? 1 : min(wait, 1) }
-            if poll(&scratch, nfds_t(scratch.count), wait) < 0 {
+            if cshims_ppoll(&scratch, UInt(scratch.count), wait, mask) < 0 {
                 if errno == EINTR { throw Errno(EINTR) }
                 throw Errno.current
             }

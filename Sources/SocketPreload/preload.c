@@ -114,6 +114,7 @@ REAL_FUNCTIONS(DECLARE)
     X(sko_fcntl, int, (int, int, int)) \
     X(sko_shutdown, int, (int, int)) \
     X(sko_poll, int, (struct pollfd *, unsigned long, int)) \
+    X(sko_ppoll, int, (struct pollfd *, unsigned long, int, const sigset_t *)) \
     X(sko_close, int, (int)) \
     X(sko_server_path, size_t, (char *, size_t)) \
     X(sko_before_fork, int, (void)) \
@@ -683,7 +684,7 @@ int ioctl(int fd, unsigned long request, ...) {
 /* ---------------------------------------------------------------- readiness */
 
 /* poll over a set holding stack sockets: sko_poll, with aliases given as their sockets. */
-static int poll_ours(struct pollfd *fds, nfds_t n, int timeout, int *handled, void *caller) {
+static int poll_ours(struct pollfd *fds, nfds_t n, int timeout, const sigset_t *mask, int *handled, void *caller) {
     int any = 0;
     for (nfds_t i = 0; i < n && !any; i++) any = socket_of(fds[i].fd, caller) >= 0;
     *handled = any;
@@ -695,7 +696,7 @@ static int poll_ours(struct pollfd *fds, nfds_t n, int timeout, int *handled, vo
         int s = socket_of(fds[i].fd, caller);
         p[i] = (struct pollfd){s >= 0 ? s : fds[i].fd, fds[i].events, 0};
     }
-    int rc = SKO(sko_poll, p, n, timeout);
+    int rc = SKO(sko_ppoll, p, n, timeout, mask);
     for (nfds_t i = 0; i < n; i++) fds[i].revents = p[i].revents;
     if (p != local) free(p);
     return rc;
@@ -703,7 +704,7 @@ static int poll_ours(struct pollfd *fds, nfds_t n, int timeout, int *handled, vo
 
 int poll(struct pollfd *fds, nfds_t n, int timeout) {
     int handled;
-    int rc = poll_ours(fds, n, timeout, &handled, __builtin_return_address(0));
+    int rc = poll_ours(fds, n, timeout, NULL, &handled, __builtin_return_address(0));
     return handled ? rc : REAL(poll)(fds, n, timeout);
 }
 
@@ -722,14 +723,8 @@ int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *t, const sigset_t
     int handled;
     for (nfds_t i = 0; i < n; i++) {
         if (socket_of(fds[i].fd, __builtin_return_address(0)) < 0) continue;
-        /* The signal mask is applied around the wait (not atomically, as ppoll would). */
-        sigset_t old;
-        if (mask) pthread_sigmask(SIG_SETMASK, mask, &old);
-        int rc = poll_ours(fds, n, timeout_ms(t), &handled, __builtin_return_address(0));
-        int e = errno;
-        if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
-        errno = e;
-        return rc;
+        /* (The library's sleep is a ppoll with `mask`: atomic, as the kernel's.) */
+        return poll_ours(fds, n, timeout_ms(t), mask, &handled, __builtin_return_address(0));
     }
     return REAL(ppoll)(fds, n, t, mask);
 }
@@ -741,7 +736,7 @@ int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *t, const si
 
 /* select over a set holding stack sockets, as poll: readable = POLLIN|POLLHUP|POLLERR (Linux's
  * POLLIN_SET), writable = POLLOUT|POLLERR, exceptional = POLLPRI. */
-static int select_ours(int nfds, fd_set *r, fd_set *w, fd_set *x, int timeout, int *handled, void *caller) {
+static int select_ours(int nfds, fd_set *r, fd_set *w, fd_set *x, int timeout, const sigset_t *mask, int *handled, void *caller) {
     *handled = 0;
     struct pollfd local[FD_SETSIZE]; /* select's sets hold at most FD_SETSIZE descriptors */
     int n = 0, any = 0;
@@ -754,7 +749,7 @@ static int select_ours(int nfds, fd_set *r, fd_set *w, fd_set *x, int timeout, i
     if (!any) return 0;
     *handled = 1;
     int h;
-    int rc = poll_ours(local, (nfds_t)n, timeout, &h, caller);
+    int rc = poll_ours(local, (nfds_t)n, timeout, mask, &h, caller);
     if (rc < 0) return rc;
     for (int i = 0; i < n; i++)
         if (local[i].revents & POLLNVAL) { errno = EBADF; return -1; } /* a closed descriptor in a set */
@@ -776,7 +771,7 @@ int select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *t) {
     int ms = t ? (int)(t->tv_sec * 1000 + (t->tv_usec + 999) / 1000) : -1;
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
-    int rc = select_ours(nfds, r, w, x, ms, &handled, __builtin_return_address(0));
+    int rc = select_ours(nfds, r, w, x, ms, NULL, &handled, __builtin_return_address(0));
     if (!handled) return REAL(select)(nfds, r, w, x, t);
     if (t && rc >= 0) { /* Linux writes back the time left */
         struct timespec now;
@@ -795,13 +790,8 @@ int pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *t,
     for (int fd = 0; fd < nfds && fd < FD_SETSIZE && !ours; fd++)
         if ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)) || (x && FD_ISSET(fd, x))) ours = socket_of(fd, __builtin_return_address(0)) >= 0;
     if (!ours) return REAL(pselect)(nfds, r, w, x, t, mask);
-    sigset_t old;
-    if (mask) pthread_sigmask(SIG_SETMASK, mask, &old);
     int handled;
-    int rc = select_ours(nfds, r, w, x, timeout_ms(t), &handled, __builtin_return_address(0));
-    int e = errno;
-    if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
-    errno = e;
+    int rc = select_ours(nfds, r, w, x, timeout_ms(t), mask, &handled, __builtin_return_address(0));
     return handled ? rc : REAL(pselect)(nfds, r, w, x, t, mask);
 }
 
@@ -1142,11 +1132,8 @@ static int epoll_wait_set(struct epoll_set *e, int epfd, struct epoll_event *out
         for (int i = 0; i < k; i++) if (p[i].revents) has_et = 1;
         if (has_et && (left < 0 || left > 1)) left = 1;
         p[k] = (struct pollfd){epfd, POLLIN, 0}; /* (cap > k always: add_inner_members leaves room) */
-        sigset_t old;
-        if (mask) pthread_sigmask(SIG_SETMASK, mask, &old);
-        int w = SKO(sko_poll, p, (unsigned long)k + 1, left);
+        int w = SKO(sko_ppoll, p, (unsigned long)k + 1, left, mask);
         int err = errno;
-        if (mask) pthread_sigmask(SIG_SETMASK, &old, NULL);
         free(p);
         free(m);
         if (w < 0) { errno = err; return -1; }

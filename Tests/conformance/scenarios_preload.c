@@ -250,6 +250,37 @@ static void signal_restart_per_handler(struct ctx *x) {
     x->c->close(s);
     x->c->close(l);
 }
+/* ppoll and pselect apply their mask atomically: a signal pending while blocked, which the mask
+ * unblocks, interrupts the wait at once (EINTR), rather than being delivered before it. */
+static void ppoll_mask_is_atomic(struct ctx *x) {
+    int l, c, s;
+    tcp_pair(x, &l, &c, &s);
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    RC("sigaction SIGUSR1", sigaction(SIGUSR1, &sa, &old));
+    sigset_t block, saved, open;
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR1);
+    RC("block SIGUSR1", pthread_sigmask(SIG_BLOCK, &block, &saved));
+    sigprocmask(SIG_SETMASK, NULL, &open);
+    sigdelset(&open, SIGUSR1);
+    RC("raise SIGUSR1 (pending)", pthread_kill(pthread_self(), SIGUSR1));
+    struct pollfd p = {s, POLLIN, 0};
+    struct timespec t = {0, 200 * 1000 * 1000};
+    RC("ppoll unblocking it (200 ms)", ppoll(&p, 1, &t, &open));
+    RC("raise SIGUSR1 again", pthread_kill(pthread_self(), SIGUSR1));
+    fd_set r;
+    FD_ZERO(&r);
+    FD_SET(s, &r);
+    RC("pselect unblocking it (200 ms)", pselect(s + 1, &r, NULL, NULL, &t, &open));
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    sigaction(SIGUSR1, &old, NULL);
+    x->c->close(c);
+    x->c->close(s);
+    x->c->close(l);
+}
 static void signal_sa_restart(struct ctx *x) { signal_restart(x, SA_RESTART, 0); }
 static void signal_no_restart(struct ctx *x) { signal_restart(x, 0, 0); }
 static void signal_restart_with_timeout(struct ctx *x) { signal_restart(x, SA_RESTART, 1); }
@@ -380,5 +411,6 @@ const struct scenario preload_scenarios[] = {
     {"preload_signal_no_restart", signal_no_restart, FAM_V4 | PRELOAD_ONLY},
     {"preload_signal_restart_with_timeout", signal_restart_with_timeout, FAM_V4 | PRELOAD_ONLY},
     {"preload_signal_restart_per_handler", signal_restart_per_handler, FAM_V4 | PRELOAD_ONLY},
+    {"preload_ppoll_mask_is_atomic", ppoll_mask_is_atomic, FAM_V4 | PRELOAD_ONLY},
     {0, 0, 0},
 };

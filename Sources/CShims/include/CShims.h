@@ -11,6 +11,8 @@
 #ifndef CSHIMS_H
 #define CSHIMS_H
 
+#include <poll.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -233,6 +235,10 @@ int cshims_yama_ptrace_scope(void);
 /// A pidfd for `pid` (pidfd_open(2), close-on-exec): readable once the process has exited.
 /// Returns -1 with errno (ESRCH: no such process) on failure.
 int cshims_pidfd_open(pid_t pid);
+
+/// ppoll(2) with a timeout in milliseconds (-1: none) and an optional signal mask (NULL: the
+/// thread's own), so the mask applies atomically during the wait.
+int cshims_ppoll(struct pollfd *fds, unsigned long nfds, int timeout_ms, const sigset_t *mask);
 
 /// The parent of `pid` as /proc/PID/stat gives it, or -1 when the process is gone.
 pid_t cshims_parent_pid(pid_t pid);
