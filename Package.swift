@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "socket-server", targets: ["socket-server"]),
         .executable(name: "socket-bench", targets: ["socket-bench"]),
         .executable(name: "socket-offload-run", targets: ["socket-offload-run"]),
+        .executable(name: "socket-stat", targets: ["socket-stat"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -60,6 +61,14 @@ let package = Package(
         .executableTarget(
             name: "socket-offload-run",
             dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // ss for the stack: the server's sockets, clients, counters and interfaces (admin reports).
+        .executableTarget(
+            name: "socket-stat",
+            dependencies: [
+                "SocketClient", "SocketShared",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         // The benchmark: every workload over the kernel's sockets and over the stack.
         .executableTarget(

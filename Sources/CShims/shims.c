@@ -210,3 +210,23 @@ int cshims_ppoll(struct pollfd *fds, unsigned long nfds, int timeout_ms, const s
     struct timespec t = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
     return ppoll(fds, (nfds_t)nfds, timeout_ms < 0 ? NULL : &t, mask);
 }
+
+int cshims_memfd_text(const char *name, const void *data, size_t len) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return -1;
+    const char *p = data;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int e = errno;
+            close(fd);
+            errno = e ? e : EIO;
+            return -1;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    lseek(fd, 0, SEEK_SET);
+    return fd;
+}

@@ -119,16 +119,22 @@ err_t netif_loop_output(struct netif *netif, struct pbuf *p) {
     // Called with the core lock held (from lwIP's IP output path).
     if (cstack_loopback_capture >= 0) cstack_capture_ip_packet(cstack_loopback_capture, p);
     struct pbuf *copy = pbuf_alloc(PBUF_LINK, p->tot_len, PBUF_RAM);
-    if (copy == NULL) return ERR_MEM;
-    if (pbuf_copy(copy, p) != ERR_OK) {
-        pbuf_free(copy);
+    if (copy == NULL) {
+        cstack_count_drop(netif, 1);
         return ERR_MEM;
     }
+    if (pbuf_copy(copy, p) != ERR_OK) {
+        pbuf_free(copy);
+        cstack_count_drop(netif, 1);
+        return ERR_MEM;
+    }
+    cstack_count_packet(netif, p, 0, 1);
     if (cstack_loop_count == cstack_loop_capacity) {
         size_t capacity = cstack_loop_capacity ? cstack_loop_capacity * 2 : 256;
         struct cstack_looped *grown = malloc(capacity * sizeof *grown);
         if (grown == NULL) {
             pbuf_free(copy);
+            cstack_count_drop(netif, 1);
             return ERR_MEM;
         }
         for (size_t i = 0; i < cstack_loop_count; i++)
@@ -236,7 +242,11 @@ void cstack_loopback_poll_all(void) {
         struct cstack_looped next = cstack_loop_queue[cstack_loop_head];
         cstack_loop_head = (cstack_loop_head + 1) % cstack_loop_capacity;
         cstack_loop_count--;
-        if (!netif_is_up(next.netif) || ip_input(next.p, next.netif) != ERR_OK) pbuf_free(next.p);
+        cstack_count_packet(next.netif, next.p, 0, 0);
+        if (!netif_is_up(next.netif) || ip_input(next.p, next.netif) != ERR_OK) {
+            pbuf_free(next.p);
+            cstack_count_drop(next.netif, 0);
+        }
     }
     if (cstack_loop_count > 0 && cstack_loop_eventfd >= 0) {
         uint64_t one = 1;

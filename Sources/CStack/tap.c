@@ -115,8 +115,12 @@ static err_t cstack_tap_linkoutput(struct netif *netif, struct pbuf *p) {
     cstack_capture_packet(tap->capture_id, p);
     for (;;) {
         ssize_t w = write(tap->fd, frame, n);
-        if (w == (ssize_t)n) return ERR_OK;
+        if (w == (ssize_t)n) {
+            cstack_count_packet(netif, p, 14, 1);
+            return ERR_OK;
+        }
         if (w < 0 && errno == EINTR) continue;
+        cstack_count_drop(netif, 1);
         return ERR_IF; // EAGAIN (the kernel's queue is full) drops the frame, as a NIC would
     }
 }
@@ -170,10 +174,17 @@ int cstack_tap_input(struct netif *netif, int max_frames) {
         }
         if (n == 0) break;
         struct pbuf *p = pbuf_alloc(PBUF_RAW, (uint16_t)n, PBUF_RAM);
-        if (!p) break;
+        if (!p) {
+            cstack_count_drop(netif, 0);
+            break;
+        }
         pbuf_take(p, frame, (uint16_t)n);
         cstack_capture_packet(tap->capture_id, p);
-        if (netif->input(p, netif) != ERR_OK) pbuf_free(p);
+        cstack_count_packet(netif, p, 14, 0);
+        if (netif->input(p, netif) != ERR_OK) {
+            pbuf_free(p);
+            cstack_count_drop(netif, 0);
+        }
         frames++;
     }
     return frames;

@@ -55,11 +55,22 @@ final class Session {
     var closesGracefully = false
     var logger: Logger
 
+    /// The client's command name and command line (from /proc, when it connected) and when.
+    let command: String
+    let commandLine: String
+    let connectedAt = time(nil)
+    /// A socket-stat query (not listed among the clients while it has no segment).
+    private(set) var askedForReport = false
+    /// Descriptors of the last reply to close once it is sent (a report's memfd).
+    private var closeAfterReply: [Int32] = []
+
     init(id: UInt64, fd: Int32, credentials: PeerCredentials, server: SocketServer) {
         self.id = id
         self.fd = fd
         self.credentials = credentials
         self.server = server
+        command = String(Self.procText(credentials.pid, "comm").prefix { $0 != "\n" })
+        commandLine = Self.procText(credentials.pid, "cmdline").split(separator: "\0").joined(separator: " ")
         var logger = server.logger
         logger[metadataKey: "client"] = "\(credentials.pid)"
         self.logger = logger
@@ -113,6 +124,8 @@ final class Session {
             }
             let (reply, descriptors, keepOpen) = serve(request)
             let sent = send(ControlMessage(requestID: message.requestID, reply), descriptors: descriptors)
+            for d in closeAfterReply { Glibc.close(d) }
+            closeAfterReply = []
             segment?.closeDescriptor() // after HELLO's reply, we keep only the mapping
             guard sent, keepOpen else { return false }
         }
@@ -131,6 +144,12 @@ final class Session {
 
     private func serve(_ request: Request) -> (Reply, [Int32], keepOpen: Bool) {
         if case .hello(let version, let preference) = request { return hello(version: version, preference: preference) }
+        if case .admin(let report) = request {
+            askedForReport = true
+            let (reply, descriptors) = server.adminReport(report, for: self)
+            closeAfterReply = descriptors
+            return (reply, descriptors, true)
+        }
         guard segment != nil else { return (.error(ENOTCONN), [], true) } // HELLO first
         switch request {
         case .hello:
@@ -233,6 +252,32 @@ final class Session {
 
     /// Bytes of this client's segment one accepted connection takes.
     var acceptedConnectionSize: Int { ChannelLayout(streamTemplate).size }
+
+    /// Bytes of this client's segment given to channels.
+    var segmentUsed: Int { allocator.allocated }
+
+    /// The sockets whose channels are in this session's segment (held by its app or by others, or
+    /// closing), each once.
+    var ownedSockets: [ServerSocket] {
+        sockets.values.filter { $0.session === self } + Array(heldElsewhere.values) + closing
+    }
+
+    func isClosing(_ socket: ServerSocket) -> Bool { closing.contains { $0 === socket } }
+
+    /// /proc/PID/NAME as text ("" when unreadable).
+    static func procText(_ pid: Int32, _ name: String) -> String {
+        let fd = open("/proc/\(pid)/\(name)", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { Glibc.close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 65536 {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            bytes += buffer[..<n]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
 
     /// Bytes of this client's segment not yet given to a channel.
     var segmentFree: Int { allocator.capacity - allocator.allocated }

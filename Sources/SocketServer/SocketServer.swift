@@ -38,7 +38,11 @@ public final class SocketServer {
     private var numaNode: Int32 = -1
     private var yamaPtraceScope: Int?
     private var running = false
-    private var taps: [TAPInterface] = []
+    private(set) var taps: [TAPInterface] = []
+    /// Counters of sockets already closed (socket-stat counters): UDP receive drops, send errors.
+    var retiredUDP: (drops: UInt64, sendErrors: UInt64) = (0, 0)
+    /// Connections refused because a listener's queue was full (socket-stat counters).
+    var tcpRefusals: UInt64 = 0
 
     // Admission (see the type's doc).
     /// Sessions that have not completed HELLO: id -> when accepted (monotonic ns).

@@ -205,6 +205,27 @@ final class TCPSocket: ServerSocket {
         }
     }
 
+    /// What socket-stat shows of this socket (see SocketServer+Report.swift).
+    var report: SocketReport {
+        let state = pcb.map { cstack_tcp_state($0) } ?? Int32(CLOSED.rawValue)
+        var r = SocketReport(proto: "tcp", state: SocketReport.tcpStateName(state))
+        if let pcb {
+            r.local = appAddress(cstack_tcp_local_ip(pcb), port: cstack_tcp_local_port(pcb))
+            if role == .connected || role == .connecting { r.peer = peerAddress }
+        }
+        if role == .listener {
+            // As ss shows a listener: Recv-Q the connections waiting for accept, Send-Q the backlog.
+            r.receiveQueue = pendingConnections.count
+            r.sendQueue = max(acceptQueueLimit - 1, 0)
+            r.unit = "connections"
+        } else {
+            let unread = (try? rx.freeSpace()).map { Int(rx.geometry.capacity) - $0 } ?? 0
+            r.receiveQueue = unread + pendingBytes
+            r.sendQueue = ((try? tx.available()) ?? 0) + Int(cstack_tcp_bytes_held(pcb))
+        }
+        return r
+    }
+
     var peerAddress: SocketAddress? {
         guard let pcb, role == .connected || role == .connecting else { return nil }
         return appAddress(cstack_tcp_remote_ip(pcb), port: cstack_tcp_remote_port(pcb))
@@ -508,6 +529,7 @@ final class TCPSocket: ServerSocket {
               let socket = session.admitAcceptedConnection(newpcb, from: connector?.session, domain: domain,
                                                            port: pcb.map { cstack_tcp_local_port($0) } ?? 0)
         else {
+            session.server.tcpRefusals += 1
             tcp_abort(newpcb) // a local connector is still connecting: it sees ECONNREFUSED
             return err_t(ERR_ABRT.rawValue)
         }

@@ -45,6 +45,24 @@ final class UDPSocket: ServerSocket {
     /// Send buffers to keep published (process-vm; the whole ring with shared memory).
     private var sendTarget: Int
 
+    /// What socket-stat shows of this socket: queues in datagrams (see SocketServer+Report.swift).
+    var report: SocketReport {
+        var r = SocketReport(proto: "udp", state: "UNCONN")
+        guard let pcb else { return r }
+        r.local = appAddress(cstack_udp_local_ip(pcb), port: cstack_udp_local_port(pcb))
+        if cstack_udp_is_connected(pcb) != 0, cstack_udp_remote_port(pcb) != 0 {
+            r.state = "ESTAB"
+            r.peer = appAddress(cstack_udp_remote_ip(pcb), port: cstack_udp_remote_port(pcb))
+        }
+        r.receiveQueue = Int(receiveRing.geometry.count) - receiveRing.freeItems
+        r.sendQueue = 0
+        r.unit = "datagrams"
+        r.transport = transport.description
+        r.drops = receiveDrops
+        r.sendErrors = sendErrors
+        return r
+    }
+
     static let maximumPayload = 65_507
     /// Send buffers an idle process-vm socket keeps published.
     static let initialSendBuffers = 2
@@ -458,6 +476,8 @@ final class UDPSocket: ServerSocket {
     }
 
     override func releaseStack() {
+        session.server.retiredUDP.drops += receiveDrops
+        session.server.retiredUDP.sendErrors += sendErrors
         if receiveDrops > 0 || sendErrors > 0 {
             session.logger.info("UDP socket \(handle) closed: \(receiveDrops) datagrams dropped on receive (ring full), \(sendErrors) sends failed")
         }

@@ -20,11 +20,11 @@ final class Offload {
     /// The tools the tests run: a missing one is a failure (`scripts/setup.sh` installs them all).
     static let requiredTools = ["nc", "socat", "curl", "ss", "sha256sum", "head", "iperf3", "sockperf", "cc"]
 
-    init(_ tag: String) throws {
+    init(_ tag: String, serverArguments: [String] = []) throws {
         let missing = Self.requiredTools.filter { !Self.inPath($0) } + (access(Self.python, X_OK) == 0 ? [] : [Self.python])
         guard missing.isEmpty else { throw TestSupportError("PreloadTests: \(missing.joined(separator: ", ")) not installed (run scripts/setup.sh)") }
         directory = try TestDirectory("sko-preload-\(tag)")
-        server = try ServerProcess(tag: "preload-\(tag)")
+        server = try ServerProcess(tag: "preload-\(tag)", arguments: serverArguments)
     }
 
     /// Debian's Python (package python3), not whatever `python3` in PATH wraps (pyenv's shim is a

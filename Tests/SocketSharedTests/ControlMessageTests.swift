@@ -25,7 +25,9 @@ struct ControlMessageTests {
         let id = UInt32(truncatingIfNeeded: rng.next())
         let h = UInt32(truncatingIfNeeded: rng.next())
         let i = Int32(truncatingIfNeeded: Int64(bitPattern: rng.next()))
-        switch kind % 25 {
+        switch kind % 27 {
+        case 25: return ControlMessage(requestID: id, .admin(report: AdminReport.allCases[rng.below(AdminReport.allCases.count)]))
+        case 26: return ControlMessage(requestID: id, Reply.report(length: rng.next()))
         case 22: return ControlMessage(requestID: id, .execing(keep: (0..<rng.below(101)).map { _ in UInt32(truncatingIfNeeded: rng.next()) }))
         case 23: return ControlMessage(requestID: id, .adopt(handle: h))
         case 24: return ControlMessage(requestID: id, Reply.adopted(randomChannel(&rng), domain: i, type: i &+ 1, listening: rng.below(2) == 1))

@@ -240,6 +240,9 @@ int cshims_pidfd_open(pid_t pid);
 /// thread's own), so the mask applies atomically during the wait.
 int cshims_ppoll(struct pollfd *fds, unsigned long nfds, int timeout_ms, const sigset_t *mask);
 
+/// A memfd (close-on-exec) holding `len` bytes of `data`, its offset back at 0. -1 with errno.
+int cshims_memfd_text(const char *name, const void *data, size_t len);
+
 /// The parent of `pid` as /proc/PID/stat gives it, or -1 when the process is gone.
 pid_t cshims_parent_pid(pid_t pid);
 

@@ -91,6 +91,10 @@ static inline const ip_addr_t *cstack_tcp_local_ip(const struct tcp_pcb *pcb) { 
 static inline const ip_addr_t *cstack_tcp_remote_ip(const struct tcp_pcb *pcb) { return &pcb->remote_ip; }
 static inline int cstack_tcp_state(const struct tcp_pcb *pcb) { return (int)pcb->state; }
 static inline uint32_t cstack_tcp_sndbuf(const struct tcp_pcb *pcb) { return tcp_sndbuf(pcb); }
+/// Bytes lwIP holds for sending (queued or unacknowledged) on a connected pcb.
+static inline uint32_t cstack_tcp_bytes_held(const struct tcp_pcb *pcb) {
+    return pcb && pcb->state != LISTEN && pcb->state != CLOSED ? (uint32_t)(TCP_SND_BUF - tcp_sndbuf(pcb)) : 0;
+}
 static inline uint32_t cstack_tcp_sndqueuelen(const struct tcp_pcb *pcb) { return tcp_sndqueuelen(pcb); }
 static inline uint32_t cstack_tcp_sndqueuelen_max(void) { return TCP_SND_QUEUELEN; }
 static inline uint32_t cstack_tcp_window(void) { return TCP_WND; }
@@ -176,6 +180,36 @@ struct netif *cstack_tap_add(int fd, const uint8_t *mac, uint16_t mtu, const uin
 /// Reads up to `max_frames` frames from the TAP and hands them to lwIP (call under the core lock).
 int cstack_tap_input(struct netif *netif, int max_frames);
 void cstack_set_default_netif(struct netif *netif);
+
+// MARK: counters (counters.c; core lock held)
+
+struct cstack_interface_counters {
+    uint64_t rx_packets, rx_bytes, rx_drops, tx_packets, tx_bytes, tx_drops;
+};
+struct cstack_protocol_counters {
+    uint64_t ip_in, ip_out, ip6_in, ip6_out, icmp_in, icmp_out, icmp6_in, icmp6_out;
+    uint64_t udp_in, udp_out, tcp_in, tcp_out, tcp_syn_in, tcp_syn_out, tcp_rst_in, tcp_rst_out;
+    uint64_t tcp_fin_in, tcp_fin_out, arp_in, arp_out, other_in, other_out;
+};
+/// Counts one packet on `netif` (NULL: protocol counters only): an IP packet at `offset` in p (0,
+/// or 14 after an Ethernet header).
+void cstack_count_packet(const struct netif *netif, const struct pbuf *p, uint16_t offset, int outgoing);
+/// Counts a packet `netif` could not send or take in.
+void cstack_count_drop(const struct netif *netif, int outgoing);
+const struct cstack_interface_counters *cstack_interface_counters(uint8_t num);
+const struct cstack_protocol_counters *cstack_protocol_counters(void);
+
+/// What socket-stat shows of one lwIP interface.
+struct cstack_netif_info {
+    uint8_t num, hwaddr_len, up, link_up, is_default, ip6_count;
+    char name[2];
+    uint16_t mtu;
+    uint8_t hwaddr[6];
+    uint8_t ip4[4], mask4[4], gw4[4];
+    uint8_t ip6[8][16];
+};
+/// The index-th interface in lwIP's list: 1 when there is one (filled in), else 0.
+int cstack_netif_info(int index, struct cstack_netif_info *out);
 
 // MARK: capture (pcapng)
 

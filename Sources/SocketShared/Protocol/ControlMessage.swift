@@ -18,7 +18,8 @@ public struct ControlMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x544B_4353
     /// 2: handles are unique across the server (a socket keeps its handle in every session that
     /// holds it); a forked child attaches its parent's sockets (`forked`, `attachInherited`); a
-    /// program adopts the sockets its old image kept across exec (`execing`, `adopt`).
+    /// program adopts the sockets its old image kept across exec (`execing`, `adopt`); socket-stat's
+    /// reports (`admin`, `report`).
     public static let version: UInt16 = 2
     public static let headerSize = 16
     /// No valid message is longer; receivers read with a buffer one byte larger to detect oversize.
@@ -75,6 +76,20 @@ public enum DatagramTransport: UInt8, Sendable, CaseIterable, CustomStringConver
     public init?(name: String) {
         guard let match = Self.allCases.first(where: { $0.description == name }) else { return nil }
         self = match
+    }
+}
+
+/// The reports of the administrative query (socket-stat).
+public enum AdminReport: UInt8, Sendable, CaseIterable {
+    case sockets = 1, clients, counters, interfaces
+
+    public var name: String {
+        switch self {
+        case .sockets: return "sockets"
+        case .clients: return "clients"
+        case .counters: return "counters"
+        case .interfaces: return "interfaces"
+        }
     }
 }
 
@@ -159,11 +174,14 @@ public enum Request: Equatable, Sendable {
     case execing(keep: [UInt32])
     /// After exec: take socket `handle`, held for this process since its old image's `execing`.
     case adopt(handle: UInt32)
+    /// socket-stat: one report on the whole server (no HELLO needed; the server's own uid or root
+    /// only, others get EACCES). Answered by `report`.
+    case admin(report: AdminReport)
 
     /// The socket a request is about, if any.
     public var handle: UInt32? {
         switch self {
-        case .hello, .socket, .forked, .attachInherited, .execing: return nil
+        case .hello, .socket, .forked, .attachInherited, .execing, .admin: return nil
         case .bind(let h, _), .listen(let h, _), .accept(let h, _), .connect(let h, _), .shutdown(let h, _),
              .close(let h), .getsockname(let h), .getpeername(let h), .getsockopt(let h, _, _, _),
              .setsockopt(let h, _, _, _), .ioctl(let h, _, _), .adopt(let h):
@@ -185,12 +203,14 @@ public enum Reply: Equatable, Sendable {
     /// `adopt`: the socket's channel (in the segment whose memfd the old image left open for the
     /// new one), its family and type, and whether it listens; its stack eventfd goes with it.
     case adopted(ChannelInfo, domain: Int32, type: Int32, listening: Bool)
+    /// `admin`: the report, `length` bytes of UTF-8 JSON in the memfd that comes with it.
+    case report(length: UInt64)
 
     public var descriptorCount: Int {
         switch self {
         case .hello: return 1
         case .socket, .accepted: return 2
-        case .adopted: return 1
+        case .adopted, .report: return 1
         default: return 0
         }
     }
@@ -226,8 +246,9 @@ public enum ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
 /// Wire type codes. Replies have the high bit set.
 enum MessageType: UInt16 {
     case hello = 0x0001, socket, bind, listen, accept, connect, shutdown, close, getsockname, getpeername,
-         getsockopt, setsockopt, ioctl, forked, attachInherited, execing, adopt
-    case replyError = 0x8001, replyOK, replyHello, replySocket, replyAccepted, replyAddress, replyOption, replyAdopted
+         getsockopt, setsockopt, ioctl, forked, attachInherited, execing, adopt, admin
+    case replyError = 0x8001, replyOK, replyHello, replySocket, replyAccepted, replyAddress, replyOption, replyAdopted,
+         replyReport
 }
 
 extension ControlMessage {
@@ -290,6 +311,9 @@ extension ControlMessage {
             case .adopt(let h):
                 type = .adopt
                 body.u32(h)
+            case .admin(let report):
+                type = .admin
+                body.u8(report.rawValue)
             }
         case .reply(let reply):
             switch reply {
@@ -320,6 +344,9 @@ extension ControlMessage {
                 type = .replyAdopted
                 Self.encode(info, into: &body)
                 body.i32(domain); body.i32(kind); body.u8(listening ? 1 : 0)
+            case .report(let length):
+                type = .replyReport
+                body.u64(length)
             }
         }
         var out = WireWriter(capacity: Self.headerSize + body.bytes.count)
@@ -419,6 +446,10 @@ extension ControlMessage {
             payload = .request(.execing(keep: keep))
         case .adopt:
             payload = .request(.adopt(handle: try r.u32()))
+        case .admin:
+            let raw = try r.u8()
+            guard let report = AdminReport(rawValue: raw) else { throw .invalidValue("report \(raw)") }
+            payload = .request(.admin(report: report))
         case .replyError:
             payload = .reply(.error(try r.i32()))
         case .replyOK:
@@ -440,6 +471,8 @@ extension ControlMessage {
             let domain = try r.i32(), kind = try r.i32(), listening = try r.u8()
             guard listening <= 1 else { throw .invalidValue("listening flag \(listening)") }
             payload = .reply(.adopted(info, domain: domain, type: kind, listening: listening == 1))
+        case .replyReport:
+            payload = .reply(.report(length: try r.u64()))
         }
         try r.finish()
         return ControlMessage(requestID: requestID, payload: payload)

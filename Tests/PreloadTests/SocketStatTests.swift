@@ -1,0 +1,106 @@
+import Foundation
+import TestSupport
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// socket-stat against a server whose sockets are in known states (Tests/preload-programs/
+/// stat_states.py under the library): each report, as JSON, says what the program made.
+@Suite struct SocketStatTests {
+    static var tool: String { TestBinaries.path("socket-stat") }
+
+    static func report(_ o: Offload, _ arguments: [String]) throws -> [String: Any] {
+        let run = try ChildProcess.run(tool, arguments + ["--json", "--socket-path", o.server.socketPath], name: "socket-stat", timeout: 30)
+        try #require(run.succeeded, "socket-stat \(arguments): \(run)")
+        let object = try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [String: Any]
+        return try #require(object, "not a JSON object: \(run.output)")
+    }
+
+    @Test("socket-stat reports each socket's state, queues, addresses and pid, the clients, the interfaces, and counters that moved by what was sent and dropped")
+    func knownStates() throws {
+        let o = try Offload("stat", serverArguments: ["--datagram-ring-items", "64"])
+        defer { o.finish() }
+        let before = try Self.report(o, ["counters"])
+        let port = Int(TestPorts.next())
+        for k in 1...4 { _ = k; _ = TestPorts.next() } // PORT+1 ... PORT+4 are the program's too
+        let script = try TestBinaries.packageRoot() + "/Tests/preload-programs/stat_states.py"
+        let program = try o.start([Offload.python, script, "\(port)"], name: "stat-states", input: .pipe,
+                                  stdout: .file(o.directory.file("stat-states.out")))
+        defer { program.closeInput() }
+        try #require(program.waitForOutput("ready", timeout: 20), "the program did not get ready: \(Offload.describe(program))")
+
+        let sockets = try Self.report(o, ["sockets", "-a"])["sockets"] as? [[String: Any]] ?? []
+        func socket(_ local: Int, peer: Bool? = nil, state: String? = nil) -> [String: Any]? {
+            sockets.first { s in
+                (s["local"] as? String) == "127.0.0.1:\(local)" && (peer == nil || (s["peer"] != nil && !(s["peer"] is NSNull)) == peer!)
+                    && (state == nil || (s["state"] as? String) == state)
+            }
+        }
+        func int(_ s: [String: Any]?, _ key: String) -> Int? { s?[key] as? Int }
+        let listener = socket(port, peer: false)
+        #expect(listener?["state"] as? String == "LISTEN", "listener: \(String(describing: listener))")
+        #expect(int(listener, "recv_q") == 2 && int(listener, "send_q") == 4, "listener with 2 unaccepted connections, backlog 4: \(String(describing: listener))")
+        #expect(int(listener, "pid") == Int(program.pid), "the owner's pid: \(String(describing: listener))")
+        let unread = socket(port + 1, peer: true, state: "ESTAB")
+        #expect(int(unread, "recv_q") == 1000, "1,000 bytes unread: \(String(describing: unread))")
+        #expect((unread?["peer"] as? String)?.hasPrefix("127.0.0.1:") == true)
+        let closeWait = socket(port + 2, peer: true)
+        #expect(closeWait?["state"] as? String == "CLOSE-WAIT", "the end whose peer shut down writing: \(String(describing: closeWait))")
+        let finWait = sockets.first { ($0["peer"] as? String) == "127.0.0.1:\(port + 2)" }
+        #expect(finWait?["state"] as? String == "FIN-WAIT-2", "the end that shut down writing: \(String(describing: finWait))")
+        let udp = socket(port + 3)
+        #expect(udp?["protocol"] as? String == "udp" && udp?["state"] as? String == "UNCONN" && int(udp, "recv_q") == 3,
+                "3 datagrams queued: \(String(describing: udp))")
+        let flooded = socket(port + 4)
+        let queued = int(flooded, "recv_q") ?? -1
+        #expect(queued > 0 && queued < 100, "a full ring: \(String(describing: flooded))")
+        #expect(int(flooded, "receive_drops") == 100 - queued, "drops = sent - queued: \(String(describing: flooded))")
+        let listed = try Self.report(o, ["sockets"])["sockets"] as? [[String: Any]] ?? []
+        #expect(listed.count == sockets.count, "the report lists every socket (the filters are the tool's)")
+
+        // Counters: exactly what the program sent (103 datagrams out and in on the loopback; drops
+        // as the socket counted them) and 4 connections (one SYN each way per connection).
+        let after = try Self.report(o, ["counters"])
+        func counter(_ r: [String: Any], _ proto: String, _ key: String) -> Int {
+            ((r["protocols"] as? [String: Any])?[proto] as? [String: Any])?[key] as? Int ?? -1
+        }
+        #expect(counter(after, "udp", "out") - counter(before, "udp", "out") == 103)
+        #expect(counter(after, "udp", "in") - counter(before, "udp", "in") == 103)
+        #expect(counter(after, "udp", "receive_ring_full_drops") - counter(before, "udp", "receive_ring_full_drops") == 100 - queued)
+        #expect(counter(after, "tcp", "syn_out") - counter(before, "tcp", "syn_out") == 4)
+        #expect(counter(after, "tcp", "syn_in") - counter(before, "tcp", "syn_in") == 4)
+        #expect(counter(after, "tcp", "fin_out") - counter(before, "tcp", "fin_out") == 1, "one FIN: the half close")
+        let lo = (after["interfaces"] as? [[String: Any]])?.first { $0["name"] as? String == "lo0" }
+        #expect((lo?["rx_packets"] as? Int ?? 0) > 0 && lo?["rx_packets"] as? Int == lo?["tx_packets"] as? Int,
+                "the loopback interface takes in what it sends: \(String(describing: lo))")
+
+        let clients = try Self.report(o, ["clients"])["clients"] as? [[String: Any]] ?? []
+        let me = clients.first { $0["pid"] as? Int == Int(program.pid) }
+        #expect((me?["command_line"] as? String)?.contains("stat_states.py") == true, "clients: \(clients)")
+        #expect(me?["sockets"] as? Int == sockets.count, "the program holds every socket: \(String(describing: me))")
+        #expect(!clients.contains { ($0["command"] as? String) == "socket-stat" }, "socket-stat's own query is no client")
+
+        let interfaces = try Self.report(o, ["interfaces"])["interfaces"] as? [[String: Any]] ?? []
+        let addresses = interfaces.first { $0["name"] as? String == "lo0" }?["addresses"] as? [String] ?? []
+        #expect(addresses.contains("127.0.0.1/8") && addresses.contains("::1"), "interfaces: \(interfaces)")
+
+        // The table form says the same in ss's words.
+        let table = try ChildProcess.run(Self.tool, ["-a", "-p", "--socket-path", o.server.socketPath], name: "socket-stat-table", timeout: 30)
+        #expect(table.succeeded && table.output.contains("CLOSE-WAIT") && table.output.contains("FIN-WAIT-2")
+                && table.output.contains("pid=\(program.pid)"), "\(table)")
+    }
+
+    @Test("socket-stat: no server is one line and exit 1; a user other than the server's gets EACCES")
+    func refusals() throws {
+        let missing = TestNames.uniquePath("stat-missing", suffix: "sock")
+        let none = try ChildProcess.run(Self.tool, ["--socket-path", missing], name: "socket-stat-none", timeout: 30)
+        #expect(none.status == .exited(1) && none.errorOutput.contains("no socket server at \(missing)"), "\(none)")
+        guard getuid() == 0 else { return } // (running as another user needs root)
+        let o = try Offload("stat-other", serverArguments: ["--allow-uid", "any"])
+        defer { o.finish() }
+        let other = try ChildProcess.run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", Self.tool, "clients",
+                                                     "--socket-path", o.server.socketPath], name: "socket-stat-nobody", timeout: 30)
+        #expect(other.status == .exited(1) && other.errorOutput.contains("EACCES"), "\(other)")
+    }
+}
