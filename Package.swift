@@ -32,12 +32,18 @@ let package = Package(
             pkgConfig: "lwip",
             providers: [.apt(["liblwip-dev"])]
         ),
+        // libpcap from Debian's libpcap-dev: tcpdump's filter language for live captures.
+        .systemLibrary(
+            name: "CPcap",
+            pkgConfig: "libpcap",
+            providers: [.apt(["libpcap-dev"])]
+        ),
         // Wire protocol, shared segment, rings, notifier, errors: both sides.
         .target(name: "SocketShared", dependencies: ["CShims"]),
         // lwIP glue that Swift cannot express (macros, netif init, ip_addr_t) and libnuma placement.
         .target(
             name: "CStack",
-            dependencies: ["CLwIP"],
+            dependencies: ["CLwIP", "CPcap"],
             cSettings: cSettings,
             linkerSettings: [.linkedLibrary("numa")]
         ),
@@ -66,7 +72,7 @@ let package = Package(
         .executableTarget(
             name: "socket-stat",
             dependencies: [
-                "SocketClient", "SocketShared",
+                "SocketClient", "SocketShared", "CPcap",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

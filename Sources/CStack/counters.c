@@ -26,6 +26,9 @@ void cstack_count_packet(const struct netif *netif, const struct pbuf *p, uint16
         if (outgoing) { i->tx_packets++; i->tx_bytes += p->tot_len; }
         else { i->rx_packets++; i->rx_bytes += p->tot_len; }
     }
+    // Captures and the recorder see each packet once: a packet between the stack's own addresses
+    // when it is sent (it is counted again when delivered), a TAP frame each way.
+    if (cstack_observing() && (offset == 14 || outgoing)) cstack_observe_packet(netif, p, offset == 0);
     struct cstack_protocol_counters *c = &cstack_protocols;
     uint8_t h[64];
     uint16_t n = pbuf_copy_partial(p, h, sizeof h, 0);

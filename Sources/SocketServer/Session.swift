@@ -61,6 +61,8 @@ final class Session {
     let connectedAt = time(nil)
     /// A socket-stat query (not listed among the clients while it has no segment).
     private(set) var askedForReport = false
+    /// Live captures this session (socket-stat capture) runs: they end with it.
+    var captures: [Int32] = []
     /// Descriptors of the last reply to close once it is sent (a report's memfd).
     private var closeAfterReply: [Int32] = []
 
@@ -144,6 +146,12 @@ final class Session {
 
     private func serve(_ request: Request) -> (Reply, [Int32], keepOpen: Bool) {
         if case .hello(let version, let preference) = request { return hello(version: version, preference: preference) }
+        if case .capture(let interface, let filter, let count, let recorded) = request {
+            askedForReport = true
+            let (reply, descriptors) = server.capture(interface: interface, filter: filter, count: count, recorded: recorded, for: self)
+            closeAfterReply = descriptors
+            return (reply, descriptors, true)
+        }
         if case .admin(let report) = request {
             askedForReport = true
             let (reply, descriptors) = server.adminReport(report, for: self)
@@ -448,6 +456,8 @@ final class Session {
                 }
             }
             sockets.removeAll()
+            for id in captures { cstack_capture_stop(id) }
+            captures.removeAll()
             server.loop.remove(fd)
             Glibc.close(fd)
             if (!heldElsewhere.isEmpty || (graceful && !closing.isEmpty)) && !force {

@@ -281,3 +281,57 @@ private extension String {
         self = String([digits[Int(byte >> 4)], digits[Int(byte & 0xf)]])
     }
 }
+
+// MARK: captures
+
+extension SocketServer {
+    /// `capture`: a live capture streamed on a SOCK_SEQPACKET socket (the reply's descriptor), or,
+    /// with `recorded`, the flight recorder's packets in a memfd.
+    func capture(interface: String, filter: String, count: UInt32, recorded: Bool, for session: Session) -> (Reply, [Int32]) {
+        guard session.credentials.uid == getuid() || session.credentials.uid == 0 else { return (.error(EACCES), []) }
+        var netifNumber: Int32 = -1
+        if !interface.isEmpty {
+            forEachInterface { info, name, _ in if name == interface { netifNumber = Int32(info.num) } }
+            guard netifNumber >= 0 else { return (.error(ENODEV), []) }
+        }
+        var message = [CChar](repeating: 0, count: 512)
+        if recorded {
+            guard configuration.flightRecorderBytes > 0 else { return (.error(EOPNOTSUPP), []) }
+            let fd = cshims_memfd_text("socket-server-recording", nil, 0)
+            guard fd >= 0 else { return (.error(errno), []) }
+            var packets: UInt64 = 0
+            guard cstack_recorder_dump(fd, netifNumber, filter, &packets, &message, message.count) == 0 else {
+                let err = errno
+                close(fd)
+                logger.info("socket-stat: recording not written: \(Self.text(message))")
+                return (.error(err == EINVAL ? EINVAL : EIO), [])
+            }
+            let length = lseek(fd, 0, SEEK_END)
+            lseek(fd, 0, SEEK_SET)
+            logger.info("socket-stat: \(packets) recorded packets written (filter \"\(filter)\")")
+            return (.report(length: UInt64(length)), [fd])
+        }
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else { return (.error(errno), []) }
+        // Room for a burst while the reader catches up (root may exceed wmem_max).
+        var size: Int32 = 4 << 20
+        if setsockopt(pair[0], SOL_SOCKET, SO_SNDBUFFORCE, &size, 4) != 0 { setsockopt(pair[0], SOL_SOCKET, SO_SNDBUF, &size, 4) }
+        let id = cstack_capture_start(pair[0], netifNumber, filter, UInt64(count), &message, message.count)
+        guard id >= 0 else {
+            let err = errno
+            close(pair[0])
+            close(pair[1])
+            logger.info("socket-stat: capture refused: \(Self.text(message))")
+            return (.error(err), [])
+        }
+        session.captures.append(id)
+        exemptFromHelloDeadline(session)
+        logger.info("socket-stat: live capture started (interface \(interface.isEmpty ? "any" : interface), filter \"\(filter)\", \(count == 0 ? "no limit" : "\(count) packets"))")
+        return (.stream, [pair[1]])
+    }
+
+    /// A NUL-terminated C buffer as text.
+    static func text(_ buffer: [CChar]) -> String {
+        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

@@ -122,6 +122,12 @@ public final class SocketServer {
         numaNode = configuration.numaNode.map { Int32($0) } ?? cstack_numa_node_of_current_cpu()
         yamaPtraceScope = ProcessMemory.yamaPtraceScope
         if let path = configuration.capturePath { try PacketCapture.open(path) }
+        if configuration.flightRecorderBytes > 0 {
+            guard cstack_recorder_start(configuration.flightRecorderBytes) == 0 else {
+                throw ServerError("cannot allocate a flight recorder of \(configuration.flightRecorderBytes) bytes")
+            }
+            logger.info("flight recorder: the most recent \(configuration.flightRecorderBytes) bytes of packets are kept")
+        }
         Stack.start()
         try Stack.addLoopback(configuration.addresses, mtu: configuration.loopbackMTU)
         for (i, tapConfiguration) in configuration.taps.enumerated() {
@@ -516,6 +522,13 @@ public final class SocketServer {
     }
 
     func releaseHandle(_ handle: UInt32) { liveHandles.remove(handle) }
+
+    /// A session running a live capture waits for no HELLO (it never says one).
+    func exemptFromHelloDeadline(_ session: Session) {
+        if pending.removeValue(forKey: session.id) != nil, listenerPaused, pending.count < configuration.maxPendingClients {
+            resumeListener()
+        }
+    }
 
     func scheduleClose(_ session: Session) {
         if !pendingCloses.contains(where: { $0 === session }) { pendingCloses.append(session) }

@@ -132,6 +132,9 @@ struct SocketServerCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Server memory a client's UDP payload buffers may hold (suffixes K, M, G).", discussion: "With the process-vm transport, a client's datagrams wait in lwIP buffers in the server: received ones until the client takes them, send buffers until it fills them. Beyond this budget received datagrams are dropped (and counted) and sends that need more buffers fail with ENOBUFS.", valueName: "size"))
     var clientBufferMemory: String = "32M"
 
+    @Option(name: .long, help: ArgumentHelp("Keep the most recent SIZE bytes of packets in memory (suffixes K, M, G).", discussion: "A flight recorder: every packet the stack sends or receives is kept, the oldest overwritten, so that `socket-stat capture --recorded -w FILE` can write out what happened before a problem was noticed. Off by default.", valueName: "size"))
+    var flightRecorder: String?
+
     @Option(name: .long, help: ArgumentHelp("Bytes per TCP ring, each direction (suffixes K, M).", valueName: "size"))
     var streamRingSize: String = "128K"
 
@@ -198,7 +201,11 @@ struct SocketServerCommand: ParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         for a in address where InterfaceAddress(cidr: a) == nil { throw ValidationError("--address \(a) is not an IPv4 or IPv6 CIDR") }
         for u in allowUID where u != "any" && UInt32(u) == nil { throw ValidationError("--allow-uid \(u) is not a user id") }
-        guard parseSize(segmentSize) != nil, parseSize(streamRingSize) != nil, parseSize(clientBufferMemory) != nil else { throw ValidationError("sizes take a number with an optional K, M or G suffix") }
+        guard parseSize(segmentSize) != nil, parseSize(streamRingSize) != nil, parseSize(clientBufferMemory) != nil,
+              flightRecorder.map({ parseSize($0) != nil }) ?? true else { throw ValidationError("sizes take a number with an optional K, M or G suffix") }
+        if let flightRecorder, let size = parseSize(flightRecorder), size < 65_536 || size > 1 << 36 {
+            throw ValidationError("--flight-recorder takes 64K to 64G")
+        }
         guard (68...65535).contains(loopbackMTU) else { throw ValidationError("--loopback-mtu must be between 68 and 65535") }
     }
 
@@ -227,6 +234,7 @@ struct SocketServerCommand: ParsableCommand {
         config.loopbackMTU = UInt16(loopbackMTU)
         config.taps = try tapConfigurations()
         config.capturePath = capture
+        config.flightRecorderBytes = flightRecorder.flatMap(parseSize) ?? 0
         config.busyPollMicroseconds = busyPoll
         config.cpu = cpu
         config.numaNode = numaNode

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CPcap
 import Foundation
 import SocketClient
 import SocketShared
@@ -15,7 +16,7 @@ struct SocketStat: ParsableCommand {
             get EACCES) and prints one report. Exit status: 0, or 1 when the server cannot be asked \
             (no server at the path, refused) with one line saying why.
             """,
-        subcommands: [Sockets.self, Clients.self, Counters.self, Interfaces.self],
+        subcommands: [Sockets.self, Clients.self, Counters.self, Interfaces.self, Capture.self],
         defaultSubcommand: Sockets.self
     )
 }
@@ -75,28 +76,39 @@ enum AdminQuery {
         let description: String
     }
 
-    static func fetch(_ kind: AdminReport, path: String?) throws -> String {
+    /// A connection to the server's control socket, the server checked (our uid or root).
+    static func connectToServer(_ path: String?) throws -> (fd: Int32, path: String) {
         let path = path ?? ServerConnection.defaultPath
         let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw Failure(description: "socket path too long: \(path)") }
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(fd)
+            throw Failure(description: "socket path too long: \(path)")
+        }
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard connected == 0 else {
-            throw Failure(description: "no socket server at \(path): \(String(cString: strerror(errno)))")
+            let err = errno
+            close(fd)
+            throw Failure(description: "no socket server at \(path): \(String(cString: strerror(err)))")
         }
         // Only a server of our own uid or root is believed (anyone could have made the socket file).
         guard let server = try? PeerCredentials(socket: fd), server.uid == getuid() || server.uid == 0 else {
+            close(fd)
             throw Failure(description: "the process listening at \(path) runs as another user: not asked")
         }
+        return (fd, path)
+    }
+
+    /// Sends `request` and waits (10 s at most) for the reply; the caller closes its descriptors.
+    static func exchange(_ fd: Int32, _ path: String, _ request: Request) throws -> (Reply, ReceivedPacket) {
         do {
-            try DescriptorPassing.send(fd, ControlMessage(requestID: 1, .admin(report: kind)).encoded())
+            try DescriptorPassing.send(fd, ControlMessage(requestID: 1, request).encoded())
         } catch {
             throw Failure(description: "the server at \(path) did not take the request: \(error)")
         }
@@ -105,25 +117,40 @@ enum AdminQuery {
         guard let packet = try? DescriptorPassing.receive(fd, maxBytes: ControlMessage.maximumSize + 1) else {
             throw Failure(description: "the server at \(path) hung up without answering")
         }
-        defer { packet.closeDescriptors() }
-        switch (try? ControlMessage.decode(packet.bytes))?.payload {
-        case .reply(.report(let length))? where packet.descriptors.count == 1:
-            var data = [UInt8](repeating: 0, count: Int(length))
-            var got = 0
-            while got < data.count {
-                let n = data.withUnsafeMutableBytes { pread(packet.descriptors[0], $0.baseAddress! + got, $0.count - got, off_t(got)) }
-                if n <= 0 { break }
-                got += n
-            }
-            guard got == data.count else { throw Failure(description: "the server's report was cut short (\(got) of \(length) bytes)") }
-            return String(decoding: data, as: UTF8.self)
-        case .reply(.error(let err))? where err == EACCES:
-            throw Failure(description: "the server at \(path) answers only its own user and root (EACCES)")
-        case .reply(.error(let err))?:
-            throw Failure(description: "the server at \(path) refused: \(String(cString: strerror(err)))")
-        default:
+        guard case .reply(let reply)? = (try? ControlMessage.decode(packet.bytes))?.payload, reply.descriptorCount == packet.descriptors.count else {
+            packet.closeDescriptors()
             throw Failure(description: "the server at \(path) did not answer in its protocol (another version?)")
         }
+        if case .error(let err) = reply {
+            packet.closeDescriptors()
+            switch err {
+            case EACCES: throw Failure(description: "the server at \(path) answers only its own user and root (EACCES)")
+            default: throw Failure(description: "the server at \(path) refused: \(String(cString: strerror(err)))")
+            }
+        }
+        return (reply, packet)
+    }
+
+    /// The `length` bytes of a memfd.
+    static func contents(_ fd: Int32, length: UInt64) throws -> [UInt8] {
+        var data = [UInt8](repeating: 0, count: Int(length))
+        var got = 0
+        while got < data.count {
+            let n = data.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + got, $0.count - got, off_t(got)) }
+            if n <= 0 { break }
+            got += n
+        }
+        guard got == data.count else { throw Failure(description: "the server's answer was cut short (\(got) of \(length) bytes)") }
+        return data
+    }
+
+    static func fetch(_ kind: AdminReport, path: String?) throws -> String {
+        let (fd, path) = try connectToServer(path)
+        defer { close(fd) }
+        let (reply, packet) = try exchange(fd, path, .admin(report: kind))
+        defer { packet.closeDescriptors() }
+        guard case .report(let length) = reply else { throw Failure(description: "the server at \(path) answered something else") }
+        return String(decoding: try contents(packet.descriptors[0], length: length), as: UTF8.self)
     }
 }
 
@@ -248,4 +275,135 @@ func format(_ rows: [[String]]) -> String {
         row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
             .joined(separator: "  ")
     }.joined(separator: "\n") + "\n"
+}
+
+// MARK: capture
+
+struct Capture: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Capture packets in the running server, as pcapng: live, or what its flight recorder holds.",
+        discussion: """
+            The filter is tcpdump's language (libpcap compiles it; a bad one gets libpcap's message), \
+            given with --filter or as the last words, as tcpdump takes it. Packets between the \
+            stack's own addresses carry a synthetic Ethernet header (zero MACs). A live capture runs \
+            until COUNT packets (-c), until interrupted, or until the server stops; several can run \
+            at once (16 at most). A reader slower than the traffic loses packets (the server does \
+            not wait). --recorded writes what `socket-server --flight-recorder SIZE` holds and \
+            exits. Examples: socket-stat capture -w - tcp port 7008 | tcpdump -n -r - ; \
+            socket-stat capture --recorded --filter udp -w before.pcapng
+            """
+    )
+    @Option(help: ArgumentHelp("The server's socket path (default as for the other reports).", valueName: "path"))
+    var socketPath: String?
+    @Option(help: ArgumentHelp("Only this interface (a name from socket-stat interfaces: lo0, a TAP device).", valueName: "name"))
+    var interface: String?
+    @Option(help: ArgumentHelp("A tcpdump filter expression.", valueName: "expression"))
+    var filter: String?
+    @Option(name: [.customShort("c"), .long], help: ArgumentHelp("Stop after this many packets.", valueName: "count"))
+    var count: Int?
+    @Option(name: [.customShort("w"), .long], help: ArgumentHelp("Where the pcapng goes: a file, or - for standard output (the default; not a terminal).", valueName: "file"))
+    var write: String = "-"
+    @Flag(help: "Write what the flight recorder holds instead of capturing live.")
+    var recorded = false
+    @Argument(help: ArgumentHelp("The filter as tcpdump takes it (instead of --filter).", valueName: "expression"))
+    var words: [String] = []
+
+    func validate() throws {
+        if filter != nil && !words.isEmpty { throw ValidationError("give the filter with --filter or as words, not both") }
+        if let count, count < 1 || count > Int(UInt32.max) { throw ValidationError("-c takes a positive number") }
+        if recorded && count != nil { throw ValidationError("-c applies to live captures") }
+    }
+
+    func run() throws {
+        let expression = filter ?? words.joined(separator: " ")
+        if let problem = Self.check(expression) {
+            FileHandle.standardError.write(Data("socket-stat: bad filter \"\(expression)\": \(problem)\n".utf8))
+            throw ExitCode(1)
+        }
+        guard expression.utf8.count <= ControlMessage.maximumStringLength else {
+            FileHandle.standardError.write(Data("socket-stat: the filter is longer than \(ControlMessage.maximumStringLength) bytes\n".utf8))
+            throw ExitCode(1)
+        }
+        if write == "-" && isatty(1) != 0 {
+            FileHandle.standardError.write(Data("socket-stat: not writing pcapng to a terminal: use -w FILE, or a pipe (socket-stat capture -w - ... | tcpdump -r -)\n".utf8))
+            throw ExitCode(1)
+        }
+        let out = write == "-" ? 1 : open(write, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard out >= 0 else {
+            FileHandle.standardError.write(Data("socket-stat: cannot write \(write): \(String(cString: strerror(errno)))\n".utf8))
+            throw ExitCode(1)
+        }
+        do {
+            let (fd, path) = try AdminQuery.connectToServer(socketPath)
+            defer { close(fd) } // (live: the capture ends with this connection)
+            let request = Request.capture(interface: interface ?? "", filter: expression, count: UInt32(count ?? 0), recorded: recorded)
+            let (reply, packet) = try Self.exchange(fd, path, request)
+            defer { packet.closeDescriptors() }
+            switch reply {
+            case .report(let length):
+                let bytes = try AdminQuery.contents(packet.descriptors[0], length: length)
+                try Self.writeAll(out, bytes[...])
+            case .stream:
+                let packets = try Self.copyStream(packet.descriptors[0], to: out)
+                FileHandle.standardError.write(Data("socket-stat: \(packets) packets captured\n".utf8))
+            default:
+                throw AdminQuery.Failure(description: "the server at \(path) answered something else")
+            }
+        } catch {
+            FileHandle.standardError.write(Data("socket-stat: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+
+    /// The request, with the errors only a capture has put in words.
+    static func exchange(_ fd: Int32, _ path: String, _ request: Request) throws -> (Reply, ReceivedPacket) {
+        guard case .capture(let interface, _, _, _) = request else { return try AdminQuery.exchange(fd, path, request) }
+        do {
+            return try AdminQuery.exchange(fd, path, request)
+        } catch let failure as AdminQuery.Failure {
+            let text = failure.description
+            if text.hasSuffix(String(cString: strerror(ENODEV))) {
+                throw AdminQuery.Failure(description: "the server has no interface \(interface) (see socket-stat interfaces)")
+            }
+            if text.hasSuffix(String(cString: strerror(EOPNOTSUPP))) {
+                throw AdminQuery.Failure(description: "the server keeps no flight recorder (start it with --flight-recorder SIZE)")
+            }
+            throw failure
+        }
+    }
+
+    /// libpcap's complaint about `expression` for Ethernet frames, nil when it compiles.
+    static func check(_ expression: String) -> String? {
+        guard let dead = pcap_open_dead(DLT_EN10MB, 262_144) else { return "libpcap cannot open a dead handle" }
+        defer { pcap_close(dead) }
+        var program = bpf_program()
+        guard pcap_compile(dead, &program, expression, 1, PCAP_NETMASK_UNKNOWN) == 0 else { return String(cString: pcap_geterr(dead)) }
+        pcap_freecode(&program)
+        return nil
+    }
+
+    /// Copies the capture's messages (the pcapng header, then a block per packet) until the end.
+    /// - Returns: the packets copied.
+    static func copyStream(_ fd: Int32, to out: Int32) throws -> Int {
+        var buffer = [UInt8](repeating: 0, count: 1 << 18)
+        var messages = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            try writeAll(out, buffer[..<n])
+            messages += 1
+        }
+        return max(messages - 1, 0)
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw AdminQuery.Failure(description: "cannot write the capture: \(String(cString: strerror(errno)))") }
+            done += n
+        }
+    }
 }

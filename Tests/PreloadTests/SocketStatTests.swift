@@ -103,4 +103,88 @@ import Glibc
                                                      "--socket-path", o.server.socketPath], name: "socket-stat-nobody", timeout: 30)
         #expect(other.status == .exited(1) && other.errorOutput.contains("EACCES"), "\(other)")
     }
+
+    /// The flows of a pcapng file as tcpdump reads it.
+    static func summary(_ file: String, filter: [String] = []) throws -> (CaptureSummary, lines: Int) {
+        let run = try ChildProcess.run("tcpdump", ["-n", "-S", "-tt", "-r", file] + filter, name: "tcpdump", timeout: 60)
+        try #require(run.succeeded, "tcpdump -r \(file): \(run)")
+        return (CaptureSummary(tcpdump: run.output), run.output.split(separator: "\n").count)
+    }
+
+    @Test("socket-stat capture: a live capture with a tcpdump filter holds only matching packets and every payload byte sent on that port; -c and a pipe into tcpdump; the flight recorder holds a transfer that ended before anyone asked")
+    func captures() throws {
+        let o = try Offload("stat-capture", serverArguments: ["--flight-recorder", "16M"])
+        defer { o.finish() }
+        let (port, other, udpPort) = (TestPorts.next(), TestPorts.next(), TestPorts.next())
+        let file = o.directory.file("live.pcapng")
+        let live = try ChildProcess(Self.tool, ["capture", "--socket-path", o.server.socketPath, "-w", file, "tcp", "port", "\(port)"], name: "capture-live")
+        defer { live.terminate() }
+        try #require(waitUntil(timeout: 10) { o.server.log.contains("live capture started") }, "no capture started: \(o.server.log)")
+
+        // Three transfers at once: the filtered port, another TCP port, UDP.
+        func transfer(_ p: UInt16, bytes: Int) throws -> (listener: ChildProcess, client: ChildProcess, source: String, received: String) {
+            let source = try o.randomFile("source-\(p)", bytes: bytes)
+            let received = o.directory.file("received-\(p)")
+            let listener = try o.start(["nc", "-v", "-n", "-l", "127.0.0.1", "\(p)"], name: "nc-listen-\(p)", stdout: .file(received))
+            try o.awaitReady(listener, "Listening on")
+            let client = try o.start(["nc", "-n", "-N", "127.0.0.1", "\(p)"], name: "nc-\(p)", input: .file(source), stdout: .null)
+            return (listener, client, source, received)
+        }
+        let watched = try transfer(port, bytes: 200 << 10)
+        let unwatched = try transfer(other, bytes: 100 << 10)
+        let udpListener = try o.start(["nc", "-u", "-v", "-n", "-l", "127.0.0.1", "\(udpPort)"], name: "nc-udp", stdout: .null)
+        try o.awaitReady(udpListener, "Bound on")
+        let piped = try ChildProcess("/bin/sh", ["-c", "\"$0\" capture --socket-path \"$1\" -c 5 -w - udp port \"$2\" | tcpdump -n -r -",
+                                                 Self.tool, o.server.socketPath, "\(udpPort)"], name: "capture-pipe")
+        defer { piped.terminate() }
+        try #require(waitUntil(timeout: 10) { o.server.log.components(separatedBy: "live capture started").count == 3 }, "the piped capture did not start")
+        let sender = try o.start(["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo datagram-$i; sleep 0.05; done | nc -u -n -q 1 127.0.0.1 \(udpPort)"],
+                                 name: "nc-udp-send", stdout: .null)
+        for t in [watched, unwatched] {
+            if let problem = o.waitForExit([t.client, t.listener], growing: [t.received], expectedBytes: Self.size(t.source)) {
+                Issue.record(Comment(rawValue: problem))
+                return
+            }
+            try Offload.expectSameBytes(t.source, t.received, "transfer")
+        }
+        _ = sender.finish(timeout: 20)
+        let pipedResult = piped.finish(timeout: 20)
+        #expect(pipedResult.status == .exited(0), "capture -c 5 | tcpdump: \(Offload.describe(piped))")
+        let udpLines = pipedResult.output.filter { $0.contains("UDP") }
+        #expect(udpLines.count == 5 && udpLines.allSatisfy { $0.contains(".\(udpPort):") }, "5 UDP packets to port \(udpPort): \(pipedResult.output)")
+
+        usleep(300_000) // (the last ACKs)
+        live.terminate()
+        let (all, lines) = try Self.summary(file)
+        #expect(lines > 0 && all.unparsed.isEmpty, "live capture: \(lines) packets, unparsed \(all.unparsed)")
+        let (_, stray) = try Self.summary(file, filter: ["not", "tcp", "port", "\(port)"])
+        #expect(stray == 0, "\(stray) packets in the capture do not match its filter")
+        let sent = all.tcp.first { $0.key.destinationPort == Int(port) }?.value
+        #expect(sent?.coverage == [0..<(200 << 10)], "every byte sent to port \(port): \(String(describing: sent?.coverage))")
+        #expect(all.tcp.keys.allSatisfy { $0.sourcePort == Int(port) || $0.destinationPort == Int(port) })
+
+        // The flight recorder: the other port's transfer, over before this request.
+        let recorded = o.directory.file("recorded.pcapng")
+        let dump = try ChildProcess.run(Self.tool, ["capture", "--recorded", "--socket-path", o.server.socketPath, "-w", recorded,
+                                                    "--filter", "tcp port \(other)"], name: "capture-recorded", timeout: 30)
+        try #require(dump.succeeded, "\(dump)")
+        let (history, _) = try Self.summary(recorded)
+        let earlier = history.tcp.first { $0.key.destinationPort == Int(other) }?.value
+        #expect(earlier?.coverage == [0..<(100 << 10)] && earlier?.finOffset == 100 << 10,
+                "the recorder holds the whole earlier transfer: \(String(describing: earlier?.coverage)) FIN \(String(describing: earlier?.finOffset))")
+        #expect(history.tcp.keys.allSatisfy { $0.sourcePort == Int(other) || $0.destinationPort == Int(other) })
+
+        // Errors in words: libpcap's for a bad filter, an unknown interface.
+        let bad = try ChildProcess.run(Self.tool, ["capture", "--socket-path", o.server.socketPath, "-w", o.directory.file("bad"), "tcp", "port"],
+                                       name: "capture-bad", timeout: 30)
+        #expect(bad.status == .exited(1) && bad.errorOutput.contains("syntax error"), "\(bad)")
+        let noInterface = try ChildProcess.run(Self.tool, ["capture", "--socket-path", o.server.socketPath, "--interface", "nosuch0",
+                                                           "-w", o.directory.file("none")], name: "capture-nointerface", timeout: 30)
+        #expect(noInterface.status == .exited(1) && noInterface.errorOutput.contains("no interface nosuch0"), "\(noInterface)")
+    }
+
+    static func size(_ path: String) -> Int {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int(st.st_size) : -1
+    }
 }

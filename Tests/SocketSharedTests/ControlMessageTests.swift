@@ -25,7 +25,10 @@ struct ControlMessageTests {
         let id = UInt32(truncatingIfNeeded: rng.next())
         let h = UInt32(truncatingIfNeeded: rng.next())
         let i = Int32(truncatingIfNeeded: Int64(bitPattern: rng.next()))
-        switch kind % 27 {
+        switch kind % 29 {
+        case 27: return ControlMessage(requestID: id, .capture(interface: ["", "lo0", "tap0"][rng.below(3)], filter: ["", "tcp port 7008", "udp and not port 53 ü"][rng.below(3)],
+                                                                count: UInt32(truncatingIfNeeded: rng.next()), recorded: rng.below(2) == 1))
+        case 28: return ControlMessage(requestID: id, Reply.stream)
         case 25: return ControlMessage(requestID: id, .admin(report: AdminReport.allCases[rng.below(AdminReport.allCases.count)]))
         case 26: return ControlMessage(requestID: id, Reply.report(length: rng.next()))
         case 22: return ControlMessage(requestID: id, .execing(keep: (0..<rng.below(101)).map { _ in UInt32(truncatingIfNeeded: rng.next()) }))

@@ -211,6 +211,27 @@ struct cstack_netif_info {
 /// The index-th interface in lwIP's list: 1 when there is one (filled in), else 0.
 int cstack_netif_info(int index, struct cstack_netif_info *out);
 
+// MARK: live captures and the flight recorder (observe.c; core lock held)
+
+/// Whether any capture or the recorder wants packets (cheap: checked for every packet).
+int cstack_observing(void);
+/// Shows one packet to the captures and the recorder (`synthetic_ethernet`: an IP packet).
+void cstack_observe_packet(const struct netif *netif, const struct pbuf *p, int synthetic_ethernet);
+/// Starts a live capture writing pcapng to `fd` (SOCK_SEQPACKET; taken over: closed when the capture
+/// ends) of packets on netif `netif_num` (-1: all) matching `filter` (tcpdump's language; "" or NULL:
+/// all), `count` of them (0: no limit). Returns its id, or -1 with errno and libpcap's message in err.
+int cstack_capture_start(int fd, int netif_num, const char *filter, uint64_t count, char *err, size_t errlen);
+/// Ends a capture (its socket is closed: the reader sees the end).
+void cstack_capture_stop(int id);
+int cstack_capture_is_active(int id);
+/// Packets a capture lost because its reader fell behind.
+uint64_t cstack_capture_dropped(int id);
+/// Keeps the most recent `size` bytes of packets from now on.
+int cstack_recorder_start(size_t size);
+/// Writes the recorded packets on `netif_num` (-1: all) that match `filter`, as pcapng, to `fd`.
+int cstack_recorder_dump(int fd, int netif_num, const char *filter, uint64_t *packets, char *err, size_t errlen);
+void cstack_recorder_stats(uint64_t *packets, uint64_t *overwritten, uint64_t *held, size_t *size);
+
 // MARK: capture (pcapng)
 
 int cstack_capture_open(const char *path);

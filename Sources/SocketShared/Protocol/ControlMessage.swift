@@ -26,6 +26,8 @@ public struct ControlMessage: Equatable, Sendable {
     public static let maximumSize = 512
     /// Upper bound of an option value carried by getsockopt/setsockopt.
     public static let maximumOptionLength = 256
+    /// Upper bound of a text (a capture's filter) in bytes.
+    public static let maximumStringLength = 400
     /// Upper bound of the handles one `execing` message carries.
     public static let maximumExecHandles = 100
 
@@ -177,11 +179,16 @@ public enum Request: Equatable, Sendable {
     /// socket-stat: one report on the whole server (no HELLO needed; the server's own uid or root
     /// only, others get EACCES). Answered by `report`.
     case admin(report: AdminReport)
+    /// socket-stat capture: packets on `interface` ("" all) matching `filter` (tcpdump's language,
+    /// "" all), `count` of them (0 no limit); live (answered by `stream`) or, with `recorded`, what
+    /// the flight recorder holds (answered by `report`). Same rights as `admin`; a filter libpcap
+    /// cannot compile gets EINVAL, an unknown interface ENODEV, no recorder EOPNOTSUPP.
+    case capture(interface: String, filter: String, count: UInt32, recorded: Bool)
 
     /// The socket a request is about, if any.
     public var handle: UInt32? {
         switch self {
-        case .hello, .socket, .forked, .attachInherited, .execing, .admin: return nil
+        case .hello, .socket, .forked, .attachInherited, .execing, .admin, .capture: return nil
         case .bind(let h, _), .listen(let h, _), .accept(let h, _), .connect(let h, _), .shutdown(let h, _),
              .close(let h), .getsockname(let h), .getpeername(let h), .getsockopt(let h, _, _, _),
              .setsockopt(let h, _, _, _), .ioctl(let h, _, _), .adopt(let h):
@@ -205,12 +212,15 @@ public enum Reply: Equatable, Sendable {
     case adopted(ChannelInfo, domain: Int32, type: Int32, listening: Bool)
     /// `admin`: the report, `length` bytes of UTF-8 JSON in the memfd that comes with it.
     case report(length: UInt64)
+    /// `capture`: the live capture's pcapng stream, one block per message on the SOCK_SEQPACKET
+    /// socket that comes with it; it ends (EOF) after `count` packets or when the server stops.
+    case stream
 
     public var descriptorCount: Int {
         switch self {
         case .hello: return 1
         case .socket, .accepted: return 2
-        case .adopted, .report: return 1
+        case .adopted, .report, .stream: return 1
         default: return 0
         }
     }
@@ -246,9 +256,9 @@ public enum ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
 /// Wire type codes. Replies have the high bit set.
 enum MessageType: UInt16 {
     case hello = 0x0001, socket, bind, listen, accept, connect, shutdown, close, getsockname, getpeername,
-         getsockopt, setsockopt, ioctl, forked, attachInherited, execing, adopt, admin
+         getsockopt, setsockopt, ioctl, forked, attachInherited, execing, adopt, admin, capture
     case replyError = 0x8001, replyOK, replyHello, replySocket, replyAccepted, replyAddress, replyOption, replyAdopted,
-         replyReport
+         replyReport, replyStream
 }
 
 extension ControlMessage {
@@ -314,6 +324,10 @@ extension ControlMessage {
             case .admin(let report):
                 type = .admin
                 body.u8(report.rawValue)
+            case .capture(let interface, let filter, let count, let recorded):
+                type = .capture
+                body.u32(count); body.u8(recorded ? 1 : 0)
+                body.string(interface); body.string(filter)
             }
         case .reply(let reply):
             switch reply {
@@ -347,6 +361,8 @@ extension ControlMessage {
             case .report(let length):
                 type = .replyReport
                 body.u64(length)
+            case .stream:
+                type = .replyStream
             }
         }
         var out = WireWriter(capacity: Self.headerSize + body.bytes.count)
@@ -446,6 +462,10 @@ extension ControlMessage {
             payload = .request(.execing(keep: keep))
         case .adopt:
             payload = .request(.adopt(handle: try r.u32()))
+        case .capture:
+            let count = try r.u32(), recorded = try r.u8()
+            guard recorded <= 1 else { throw .invalidValue("recorded flag \(recorded)") }
+            payload = .request(.capture(interface: try r.string(), filter: try r.string(), count: count, recorded: recorded == 1))
         case .admin:
             let raw = try r.u8()
             guard let report = AdminReport(rawValue: raw) else { throw .invalidValue("report \(raw)") }
@@ -473,6 +493,8 @@ extension ControlMessage {
             payload = .reply(.adopted(info, domain: domain, type: kind, listening: listening == 1))
         case .replyReport:
             payload = .reply(.report(length: try r.u64()))
+        case .replyStream:
+            payload = .reply(.stream)
         }
         try r.finish()
         return ControlMessage(requestID: requestID, payload: payload)

@@ -14,6 +14,12 @@ struct WireWriter {
     mutating func i32(_ v: Int32) { u32(UInt32(bitPattern: v)) }
     mutating func i64(_ v: Int64) { u64(UInt64(bitPattern: v)) }
     mutating func raw(_ v: [UInt8]) { bytes.append(contentsOf: v) }
+    /// UTF-8 text: a u16 byte count, then the bytes (clamped to what fits a control message).
+    mutating func string(_ s: String) {
+        let utf8 = Array(s.utf8.prefix(ControlMessage.maximumStringLength))
+        u16(UInt16(utf8.count))
+        raw(utf8)
+    }
 
     mutating func address(_ a: SocketAddress) {
         u16(a.family.rawValue)
@@ -55,6 +61,14 @@ struct WireReader {
     mutating func u64() throws(ProtocolError) -> UInt64 { try integer(UInt64.self) }
     mutating func i32() throws(ProtocolError) -> Int32 { try integer(Int32.self) }
     mutating func i64() throws(ProtocolError) -> Int64 { try integer(Int64.self) }
+
+    mutating func string() throws(ProtocolError) -> String {
+        let count = Int(try u16())
+        guard count <= ControlMessage.maximumStringLength else { throw .invalidValue("text length \(count)") }
+        let bytes = try take(count)
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw .invalidValue("text that is not UTF-8") }
+        return text
+    }
 
     mutating func address() throws(ProtocolError) -> SocketAddress {
         let rawFamily = try u16()
