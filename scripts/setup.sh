@@ -3,7 +3,7 @@
 # test.sh; safe to run again (it does nothing when everything is there).
 set -euo pipefail
 
-required_packages=(liblwip-dev libnuma-dev libpcap-dev pkg-config iproute2 iputils-ping netcat-openbsd socat tcpdump tshark python3 curl procps util-linux gcc libc6-dev strace iperf3 sockperf)
+required_packages=(liblwip-dev libnuma-dev libpcap-dev pkg-config iproute2 iputils-ping netcat-openbsd socat tcpdump tshark python3 curl procps util-linux gcc libc6-dev strace iperf3 sockperf python3-prometheus-client)
 
 missing=()
 for pkg in "${required_packages[@]}"; do

@@ -24,6 +24,14 @@ final class EventLoop {
         try syscall("epoll_ctl(ADD)") { epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event) }
     }
 
+    /// Watches `fd` for output too (or no longer), besides input.
+    func modify(_ fd: Int32, token: UInt64, writable: Bool) {
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | (writable ? EPOLLOUT.rawValue : 0)
+        event.data.u64 = token
+        _ = epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event)
+    }
+
     /// Stops watching `fd`. Call before closing it.
     func remove(_ fd: Int32) {
         _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)

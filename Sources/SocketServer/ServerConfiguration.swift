@@ -38,6 +38,8 @@ public struct ServerConfiguration: Sendable {
     public var capturePath: String?
     /// Keep the most recent this many bytes of packets in memory (socket-stat capture --recorded); 0: off.
     public var flightRecorderBytes: Int = 0
+    /// Answer GET /metrics (Prometheus text) on this kernel address and port.
+    public var metricsListen: SocketAddress?
     /// After each batch of work, keep polling for this long before sleeping (0: sleep at once).
     public var busyPollMicroseconds: Int = 0
     /// Pin the stack thread to this CPU.

@@ -98,6 +98,12 @@ extension SocketServer {
     func adminReport(_ kind: AdminReport, for session: Session) -> (Reply, [Int32]) {
         // The server's own uid or root: the report shows every client's sockets and command lines.
         guard session.credentials.uid == getuid() || session.credentials.uid == 0 else { return (.error(EACCES), []) }
+        if kind == .metrics {
+            let text = metricsText()
+            let fd = text.withUnsafeBufferPointer { cshims_memfd_text("socket-server-metrics", $0.baseAddress, $0.count) }
+            guard fd >= 0 else { return (.error(errno), []) }
+            return (.report(length: UInt64(text.count)), [fd])
+        }
         var json = JSONWriter()
         json.open()
         json.field("version", 1)
@@ -109,6 +115,7 @@ extension SocketServer {
         case .clients: writeClients(&json)
         case .counters: writeCounters(&json)
         case .interfaces: writeInterfaces(&json)
+        case .metrics: break
         }
         json.close()
         let bytes = Array(json.text.utf8)
@@ -258,7 +265,7 @@ extension SocketServer {
 
     /// lwIP's interfaces with the name and kind the server knows them by (TAP devices by their
     /// kernel name; loopback interfaces as lo0, lo1...).
-    private func forEachInterface(_ body: (cstack_netif_info, String, String) -> Void) {
+    func forEachInterface(_ body: (cstack_netif_info, String, String) -> Void) {
         var index: Int32 = 0
         var loopbacks = 0
         var info = cstack_netif_info()

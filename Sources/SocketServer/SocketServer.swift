@@ -79,6 +79,10 @@ public final class SocketServer {
     private static let signalToken: UInt64 = 2
     private static let loopbackToken: UInt64 = 3
     private static let timerToken: UInt64 = 4
+    /// --metrics-listen: its listener, and its connections (metricsConnectionToken + slot).
+    private static let metricsToken: UInt64 = 5
+    private static let metricsConnectionToken: UInt64 = 1 << 20
+    private var metrics: MetricsResponder?
     /// Quarantined buffers of ended process-vm sessions: quarantineToken + n (see
     /// `SocketServer+Quarantine.swift`).
     static let quarantineToken: UInt64 = 1 << 24
@@ -122,6 +126,12 @@ public final class SocketServer {
         numaNode = configuration.numaNode.map { Int32($0) } ?? cstack_numa_node_of_current_cpu()
         yamaPtraceScope = ProcessMemory.yamaPtraceScope
         if let path = configuration.capturePath { try PacketCapture.open(path) }
+        if let address = configuration.metricsListen {
+            let responder = try MetricsResponder(address: address)
+            try loop.add(responder.listenFD, token: Self.metricsToken)
+            metrics = responder
+            logger.info("metrics: GET /metrics on http://\(address)")
+        }
         if configuration.flightRecorderBytes > 0 {
             guard cstack_recorder_start(configuration.flightRecorderBytes) == 0 else {
                 throw ServerError("cannot allocate a flight recorder of \(configuration.flightRecorderBytes) bytes")
@@ -300,6 +310,23 @@ public final class SocketServer {
         case Self.timerToken:
             cstack_timerfd_clear(timerFD)
             timerFired()
+        case Self.metricsToken:
+            guard let metrics else { return }
+            let (added, removed) = metrics.accept()
+            for fd in removed { loop.remove(fd) }
+            for (fd, slot) in added {
+                do { try loop.add(fd, token: Self.metricsConnectionToken + UInt64(slot)) } catch { _ = metrics.service(slot) { [] } }
+            }
+        case Self.metricsConnectionToken..<(Self.metricsConnectionToken + UInt64(MetricsResponder.maximumConnections)):
+            guard let metrics else { return }
+            let token = token
+            let (done, wantsWrite) = metrics.service(Int(token - Self.metricsConnectionToken)) { metricsText() }
+            if let done {
+                loop.remove(done)
+                close(done)
+            } else if wantsWrite, let fd = metrics.descriptor(Int(token - Self.metricsConnectionToken)) {
+                loop.modify(fd, token: token, writable: true)
+            }
         case Self.tapToken..<(Self.tapToken + UInt64(taps.count)):
             taps[Int(token - Self.tapToken)].receive()
         case Self.quarantineToken..<Self.childToken:
@@ -553,6 +580,7 @@ public final class SocketServer {
         loop.remove(listenFD)
         close(listenFD)
         listenFD = -1
+        metrics?.close()
         unlink(configuration.socketPath)
         PacketCapture.close()
         logger.info("stopped")

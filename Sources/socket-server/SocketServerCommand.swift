@@ -99,6 +99,9 @@ struct SocketServerCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Write every packet the stack sends and receives, on every interface, to this pcapng file (tcpdump -r / tshark -r read it).", valueName: "file"))
     var capture: String?
 
+    @Option(help: ArgumentHelp("Answer GET /metrics (Prometheus text: the counters and per-client gauges of socket-stat) on this address of the kernel's network, e.g. 127.0.0.1:9464 or [::1]:9464.", discussion: "A minimal HTTP/1.1 responder on the server's event loop: at most 16 connections at once (a new one pushes out the oldest), one request each. Anyone who can reach the address can read the metrics (pids, command names): bind it to loopback unless that is wanted.", valueName: "address:port"))
+    var metricsListen: String?
+
     @Option(name: .long, help: ArgumentHelp("Path of the server's socket.", discussion: "Default: $SOCKET_SERVER_PATH, else $XDG_RUNTIME_DIR/socket-server.sock, else /tmp/socket-server-UID/socket in a directory the server creates with mode 0700 (it refuses to start if that directory exists but is not its own or is writable by others). A stale file left by a crashed server is replaced; a live server is never taken over.", valueName: "path"))
     var socketPath: String?
 
@@ -200,6 +203,9 @@ struct SocketServerCommand: ParsableCommand {
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         for a in address where InterfaceAddress(cidr: a) == nil { throw ValidationError("--address \(a) is not an IPv4 or IPv6 CIDR") }
+        if let metricsListen, Self.listenAddress(metricsListen) == nil {
+            throw ValidationError("--metrics-listen takes ADDRESS:PORT (IPv6 in brackets: [::1]:9464)")
+        }
         for u in allowUID where u != "any" && UInt32(u) == nil { throw ValidationError("--allow-uid \(u) is not a user id") }
         guard parseSize(segmentSize) != nil, parseSize(streamRingSize) != nil, parseSize(clientBufferMemory) != nil,
               flightRecorder.map({ parseSize($0) != nil }) ?? true else { throw ValidationError("sizes take a number with an optional K, M or G suffix") }
@@ -207,6 +213,14 @@ struct SocketServerCommand: ParsableCommand {
             throw ValidationError("--flight-recorder takes 64K to 64G")
         }
         guard (68...65535).contains(loopbackMTU) else { throw ValidationError("--loopback-mtu must be between 68 and 65535") }
+    }
+
+    /// "127.0.0.1:9464" or "[::1]:9464".
+    static func listenAddress(_ text: String) -> SocketAddress? {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return SocketAddress(host: host, port: port)
     }
 
     func run() throws {
@@ -235,6 +249,7 @@ struct SocketServerCommand: ParsableCommand {
         config.taps = try tapConfigurations()
         config.capturePath = capture
         config.flightRecorderBytes = flightRecorder.flatMap(parseSize) ?? 0
+        config.metricsListen = metricsListen.flatMap(Self.listenAddress)
         config.busyPollMicroseconds = busyPoll
         config.cpu = cpu
         config.numaNode = numaNode

@@ -16,7 +16,7 @@ struct SocketStat: ParsableCommand {
             get EACCES) and prints one report. Exit status: 0, or 1 when the server cannot be asked \
             (no server at the path, refused) with one line saying why.
             """,
-        subcommands: [Sockets.self, Clients.self, Counters.self, Interfaces.self, Capture.self],
+        subcommands: [Sockets.self, Clients.self, Counters.self, Interfaces.self, Capture.self, Metrics.self],
         defaultSubcommand: Sockets.self
     )
 }
@@ -53,8 +53,8 @@ struct Common: ParsableArguments {
             }
             // Like watch: each report on a clean screen (on a terminal).
             if watch != nil && !json && isatty(1) != 0 { print("\u{1B}[H\u{1B}[2J", terminator: "") }
-            if json {
-                print(text)
+            if json || kind == .metrics {
+                print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
             } else {
                 guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
                     FileHandle.standardError.write(Data("socket-stat: the server's report is not JSON\n".utf8))
@@ -275,6 +275,18 @@ func format(_ rows: [[String]]) -> String {
         row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
             .joined(separator: "  ")
     }.joined(separator: "\n") + "\n"
+}
+
+struct Metrics: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The counters and per-client gauges in Prometheus' text exposition format.",
+        discussion: "The same text socket-server serves on GET /metrics with --metrics-listen ADDRESS:PORT (--json does not apply)."
+    )
+    @OptionGroup var common: Common
+
+    func run() throws {
+        try common.run(.metrics) { _ in "" }
+    }
 }
 
 // MARK: capture

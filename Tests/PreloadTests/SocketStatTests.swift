@@ -96,6 +96,31 @@ import Glibc
         let missing = TestNames.uniquePath("stat-missing", suffix: "sock")
         let none = try ChildProcess.run(Self.tool, ["--socket-path", missing], name: "socket-stat-none", timeout: 30)
         #expect(none.status == .exited(1) && none.errorOutput.contains("no socket server at \(missing)"), "\(none)")
+        // A malformed admin request (an unknown report) is answered EBADMSG; the same connection's
+        // next request and the server are as before.
+        let o1 = try Offload("stat-malformed")
+        defer { o1.finish() }
+        let script = """
+            import socket, struct, sys
+            def message(kind, body, rid):
+                return struct.pack("<IHHII", 0x544B4353, 2, kind, len(body), rid) + body
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.connect(sys.argv[1])
+            s.send(message(18, bytes([99]), 7))            # admin, report 99: no such report
+            reply = s.recv(600)
+            kind, = struct.unpack_from("<H", reply, 6)
+            err, = struct.unpack_from("<i", reply, 16)
+            print("malformed:", hex(kind), err)
+            s.send(message(18, bytes([1]), 8))             # admin, report sockets
+            msg, fds, flags, addr = socket.recv_fds(s, 600, 1)
+            kind, = struct.unpack_from("<H", msg, 6)
+            print("then:", hex(kind), len(fds))
+            """
+        let raw = try ChildProcess.run(Offload.python, ["-c", script, o1.server.socketPath], name: "raw-admin", timeout: 30)
+        #expect(raw.succeeded && raw.output.contains("malformed: 0x8001 \(EBADMSG)") && raw.output.contains("then: 0x8009 1"), "\(raw)")
+        let after = try ChildProcess.run(Self.tool, ["--socket-path", o1.server.socketPath, "--json"], name: "socket-stat-after", timeout: 30)
+        #expect(after.succeeded && after.output.contains("\"sockets\":[]"), "\(after)")
+
         guard getuid() == 0 else { return } // (running as another user needs root)
         let o = try Offload("stat-other", serverArguments: ["--allow-uid", "any"])
         defer { o.finish() }
@@ -186,5 +211,64 @@ import Glibc
     static func size(_ path: String) -> Int {
         var st = stat()
         return stat(path, &st) == 0 ? Int(st.st_size) : -1
+    }
+
+    /// Prometheus text parsed by Python's prometheus_client (Debian's python3-prometheus-client):
+    /// every sample as "name{labels} value" lines, sorted.
+    static func parsePrometheus(_ text: String, _ o: Offload) throws -> [String] {
+        let input = o.directory.file("metrics-\(UInt64.random(in: 0...UInt64.max)).txt")
+        try TestFiles.write(input, text)
+        let script = """
+            import sys
+            from prometheus_client.parser import text_string_to_metric_families
+            for family in text_string_to_metric_families(open(sys.argv[1]).read()):
+                for s in family.samples:
+                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                    print(f"{s.name}{{{labels}}} {s.value}")
+            """
+        let run = try ChildProcess.run(Offload.python, ["-c", script, input], name: "prometheus-parse", timeout: 30)
+        try #require(run.succeeded, "prometheus_client did not parse it: \(run)\n\(text.prefix(2000))")
+        return run.output.split(separator: "\n").map(String.init).sorted()
+    }
+
+    @Test("Metrics: socket-stat metrics and GET /metrics on --metrics-listen are Prometheus text (prometheus_client parses them), with the counters and a client's gauges; other paths get 404")
+    func metrics() throws {
+        let port = TestPorts.next()
+        let o = try Offload("stat-metrics", serverArguments: ["--metrics-listen", "127.0.0.1:\(port)"])
+        defer { o.finish() }
+        let dataPort = TestPorts.next()
+        let listener = try o.start(["nc", "-v", "-n", "-l", "127.0.0.1", "\(dataPort)"], name: "nc-listen", input: .pipe, stdout: .null)
+        defer { listener.closeInput() }
+        try o.awaitReady(listener, "Listening on")
+        let sender = try o.start(["nc", "-n", "127.0.0.1", "\(dataPort)"], name: "nc-hold", input: .pipe, stdout: .null)
+        defer { sender.closeInput() }
+        sender.writeLine("hello")
+        try #require(waitUntil(timeout: 10) { o.server.log.contains("client=\(sender.pid) ") }, "no session of the client")
+
+        let http = try ChildProcess.run("curl", ["-s", "-f", "http://127.0.0.1:\(port)/metrics"], name: "curl-metrics", timeout: 30)
+        try #require(http.succeeded, "\(http)")
+        let samples = try Self.parsePrometheus(http.output, o)
+        #expect(samples.contains { $0.hasPrefix("socket_server_packets_total{direction=\"out\",protocol=\"tcp\"}") && !$0.hasSuffix(" 0.0") },
+                "TCP packets counted: \(samples)")
+        #expect(samples.contains { $0.hasPrefix("socket_server_client_sockets{command=\"nc\",pid=\"\(sender.pid)\"} 1.0") }, "the client's socket gauge: \(samples)")
+        #expect(samples.contains { $0.hasPrefix("socket_server_sockets{protocol=\"tcp\",state=\"LISTEN\"} 1.0") }, "the listener: \(samples)")
+
+        let stat = try ChildProcess.run(Self.tool, ["metrics", "--socket-path", o.server.socketPath], name: "socket-stat-metrics", timeout: 30)
+        try #require(stat.succeeded, "\(stat)")
+        let names = Set(try Self.parsePrometheus(stat.output, o).map { $0.prefix { $0 != "{" } })
+        #expect(names == Set(samples.map { $0.prefix { $0 != "{" } }), "socket-stat metrics has the same metrics as GET /metrics")
+
+        // The values are the counters' (nothing moves meanwhile: the connection is idle).
+        let counters = try Self.report(o, ["counters"])
+        func counter(_ proto: String, _ key: String) -> Int {
+            ((counters["protocols"] as? [String: Any])?[proto] as? [String: Any])?[key] as? Int ?? -1
+        }
+        for (proto, direction) in [("tcp", "in"), ("tcp", "out"), ("ip", "in"), ("ip", "out")] {
+            let metric = "socket_server_packets_total{direction=\"\(direction)\",protocol=\"\(proto)\"} \(counter(proto, direction)).0"
+            #expect(samples.contains(metric), "\(metric) (the counters' value): \(samples.filter { $0.hasPrefix("socket_server_packets_total") })")
+        }
+
+        let missing = try ChildProcess.run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/other"], name: "curl-404", timeout: 30)
+        #expect(missing.output == "404", "\(missing)")
     }
 }

@@ -84,6 +84,8 @@ public enum DatagramTransport: UInt8, Sendable, CaseIterable, CustomStringConver
 /// The reports of the administrative query (socket-stat).
 public enum AdminReport: UInt8, Sendable, CaseIterable {
     case sockets = 1, clients, counters, interfaces
+    /// The counters and per-client gauges in Prometheus' text exposition format (not JSON).
+    case metrics
 
     public var name: String {
         switch self {
@@ -91,6 +93,7 @@ public enum AdminReport: UInt8, Sendable, CaseIterable {
         case .clients: return "clients"
         case .counters: return "counters"
         case .interfaces: return "interfaces"
+        case .metrics: return "metrics"
         }
     }
 }
